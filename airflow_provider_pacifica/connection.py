@@ -1,0 +1,217 @@
+"""What a ``pacifica_cartd`` connection means, as a validated, typed value.
+
+Plain Python, no Airflow import: the hook reads an Airflow ``Connection`` and hands its fields
+here. Both connection forms arrive: JSON keeps types, while URI query extras are strings, so every
+extra is cast. An extra this module does not know is an error, never an HTTP header (HttpHook
+would send it as one and leak whatever it holds).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_pacifica.exceptions import InvalidInputError
+
+CONN_TYPE = "pacifica_cartd"
+
+# name -> (caster, help) for every extra the connection may carry.
+_BOOL_TRUE = {"true", "1", "yes", "on"}
+_BOOL_FALSE = {"false", "0", "no", "off"}
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _BOOL_TRUE:
+        return True
+    if text in _BOOL_FALSE:
+        return False
+    raise InvalidInputError(f"connection extra {name!r} must be true or false, got {value!r}")
+
+
+def _to_number(name: str, value: Any, *, minimum: float = 0.0) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"connection extra {name!r} must be a number, got {value!r}") from None
+    if not number >= minimum:  # also rejects NaN
+        raise InvalidInputError(f"connection extra {name!r} must be >= {minimum}, got {value!r}")
+    return number
+
+
+def _to_int(name: str, value: Any) -> int:
+    number = _to_number(name, value)
+    if number != int(number):
+        raise InvalidInputError(f"connection extra {name!r} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _to_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"connection extra {name!r} must be a string")
+    return value
+
+
+def _to_proxies(name: str, value: Any) -> dict[str, str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InvalidInputError(
+                f'connection extra {name!r} must be a JSON object like {{"https": "http://proxy:3128"}}'
+            ) from None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InvalidInputError(f"connection extra {name!r} must map URL schemes to proxy URLs")
+    return dict(value)
+
+
+EXTRA_FIELDS = {
+    "token": _to_str,
+    "client_cert": _to_str,
+    "client_key": _to_str,
+    "ca_bundle": _to_str,
+    "verify": _to_bool,
+    "connect_timeout": _to_number,
+    "read_timeout": _to_number,
+    "proxies": _to_proxies,
+    "max_retries": _to_int,
+    "retry_backoff": _to_number,
+}
+_LEGACY_PREFIX = f"extra__{CONN_TYPE}__"
+
+
+@dataclass(frozen=True)
+class CartdConnectionConfig:
+    """Everything needed to talk to one Cartd, validated.
+
+    :param base_url: ``scheme://host[:port][/prefix]`` without a trailing slash.
+    :param login: user for HTTP basic auth (with ``password``).
+    :param password: password for HTTP basic auth.
+    :param token: a bearer token, sent as ``Authorization: Bearer <token>``.
+    :param client_cert: path of a PEM client certificate for TLS client auth.
+    :param client_key: path of its private key (if not inside ``client_cert``).
+    :param ca_bundle: path of a CA bundle to verify the server with.
+    :param verify: ``False`` turns server certificate checks off (not recommended).
+    :param connect_timeout: seconds to wait for a TCP/TLS connection.
+    :param read_timeout: seconds to wait for each read from the server.
+    :param proxies: ``{"http": url, "https": url}`` as for requests.
+    :param max_retries: retries of a request after a transient fault.
+    :param retry_backoff: first backoff in seconds, doubled each retry (capped at 30 s).
+    """
+
+    base_url: str
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    client_cert: str | None = None
+    client_key: str | None = field(default=None, repr=False)
+    ca_bundle: str | None = None
+    verify: bool = True
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    proxies: dict[str, str] = field(default_factory=dict)
+    max_retries: int = 3
+    retry_backoff: float = 1.0
+
+    @classmethod
+    def from_connection_fields(
+        cls,
+        *,
+        host: str | None,
+        port: int | None = None,
+        schema: str | None = None,
+        login: str | None = None,
+        password: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> CartdConnectionConfig:
+        """Build the config from an Airflow connection's fields; raises ``InvalidInputError``."""
+        if not host:
+            raise InvalidInputError("the Cartd connection has no host")
+        scheme = (schema or "http").strip().lower()
+        if "://" in host:
+            base_url = host.rstrip("/")
+        elif scheme in ("http", "https"):
+            base_url = f"{scheme}://{host.strip('/')}"
+        else:
+            raise InvalidInputError(f"the Cartd connection schema must be http or https, got {schema!r}")
+        if port:
+            scheme_end = base_url.index("://") + 3
+            slash = base_url.find("/", scheme_end)
+            authority = base_url[scheme_end:] if slash < 0 else base_url[scheme_end:slash]
+            if ":" in authority.rsplit("@", 1)[-1].rsplit("]", 1)[-1]:
+                raise InvalidInputError("the Cartd connection has a port both in host and in port")
+            insert_at = len(base_url) if slash < 0 else slash
+            base_url = f"{base_url[:insert_at]}:{int(port)}{base_url[insert_at:]}"
+
+        options: dict[str, Any] = {}
+        unknown = []
+        for key, value in (extra or {}).items():
+            name = key.removeprefix(_LEGACY_PREFIX)
+            if name not in EXTRA_FIELDS:
+                unknown.append(key)
+            elif value is not None and value != "":  # UI forms store unset fields as null or ""
+                options[name] = EXTRA_FIELDS[name](name, value)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown Cartd connection extra(s) {sorted(unknown)}; known: {sorted(EXTRA_FIELDS)}"
+            )
+        if options.get("token") and login:
+            raise InvalidInputError("the Cartd connection has both a login and a token; use one")
+        if options.get("client_key") and not options.get("client_cert"):
+            raise InvalidInputError("the Cartd connection has client_key without client_cert")
+        if options.get("connect_timeout") == 0 or options.get("read_timeout") == 0:
+            raise InvalidInputError("Cartd connection timeouts must be greater than 0")
+        return cls(base_url=base_url, login=login or None, password=password or None, **options)
+
+    # -- what requests and aiohttp need ---------------------------------------------------
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """``(connect, read)`` as requests takes it."""
+        return (self.connect_timeout, self.read_timeout)
+
+    @property
+    def cert(self) -> str | tuple[str, str] | None:
+        """The client certificate as requests takes it."""
+        if not self.client_cert:
+            return None
+        return (self.client_cert, self.client_key) if self.client_key else self.client_cert
+
+    @property
+    def verify_option(self) -> bool | str:
+        """The ``verify`` value as requests takes it (a CA bundle path wins)."""
+        if not self.verify:
+            return False
+        return self.ca_bundle or True
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a request (bearer token); basic auth is done by the client."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """An SSL context for aiohttp that matches :attr:`verify_option` and :attr:`cert`."""
+        if not self.base_url.startswith("https://"):
+            return True
+        context = ssl.create_default_context(cafile=self.ca_bundle or None)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.client_cert:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+    def cache_key(self) -> tuple[Any, ...]:
+        """A hashable identity of these settings (to share HTTP sessions between equal configs)."""
+        return (
+            *(getattr(self, f) for f in self.__dataclass_fields__ if f != "proxies"),
+            tuple(sorted(self.proxies.items())),
+        )
+
+    def url(self, cart_uid: str) -> str:
+        """The URL of one cart."""
+        return f"{self.base_url}/{cart_uid}"

@@ -1,0 +1,56 @@
+"""Exception types of the provider.
+
+Plain Python, no Airflow import: the domain modules raise these and the operators translate
+them into Airflow's task outcomes (fail now, retry, skip).
+"""
+
+from __future__ import annotations
+
+
+class PacificaError(Exception):
+    """Base class of every error raised by this provider."""
+
+
+class InvalidInputError(PacificaError, ValueError):
+    """A CloudEvent, file list or connection setting that cannot be used as given."""
+
+
+class CartdError(PacificaError):
+    """Cartd answered in a way the client cannot continue from.
+
+    :param message: what went wrong, including Cartd's own message where it gave one.
+    :param status_code: the HTTP status code, when there was a response.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+class CartdTransientError(CartdError):
+    """A fault that may pass: connection refused or reset, timeout, 429, 502, 503, 504."""
+
+
+class CartNotFoundError(CartdError):
+    """Cartd does not know the cart (never created, deleted, or purged by its LRU)."""
+
+
+class CartNotReadyError(CartdError):
+    """A download was asked for a cart that is still staging (Cartd answered 202)."""
+
+
+class ExtractionError(PacificaError):
+    """The cart's tar stream could not be turned into the requested, verified files."""
+
+
+class UnsafeMemberError(ExtractionError):
+    """A tar member is a link, a device, absolute, escapes the cart, or was not requested."""
+
+
+class VerificationError(ExtractionError):
+    """A file arrived with the wrong size or hash, or a requested file never arrived."""
+
+
+class StreamError(ExtractionError):
+    """The tar stream ended early or could not be read; the download may be retried."""

@@ -1,0 +1,309 @@
+"""Safe, verified, atomic extraction of a Cartd tar stream.
+
+Plain Python, no Airflow import. The tar is read as a stream (memory stays flat whatever the cart
+size) and nothing in it is trusted:
+
+* only regular files and directories under the expected top directory are accepted; a member that
+  is absolute, contains ``..``, is a link, a device or a FIFO, or was not requested fails at once;
+* each file is hashed while it is written and checked against the size and hash that Pacifica
+  gave; every requested file must arrive, once;
+* files are written into a staging directory beside the destination and moved into place only
+  when all are verified. On any failure the staging directory is removed and the destination is
+  left exactly as it was (files it replaced are put back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from airflow_provider_pacifica.exceptions import (
+    ExtractionError,
+    InvalidInputError,
+    StreamError,
+    UnsafeMemberError,
+    VerificationError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from airflow_provider_pacifica.cloudevents import CartFile
+
+CHUNK_SIZE = 1 << 20
+_MEMBER_KINDS = {
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO",
+    tarfile.CONTTYPE: "contiguous file",
+    tarfile.GNUTYPE_SPARSE: "sparse file",
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far an extraction is; handed to the ``on_progress`` callback every few seconds."""
+
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int | None
+    elapsed: float
+
+    @property
+    def mib_per_second(self) -> float:
+        return self.bytes_done / (1 << 20) / self.elapsed if self.elapsed > 0 else 0.0
+
+    def __str__(self) -> str:
+        total = f" of {self.bytes_total / (1 << 20):.1f}" if self.bytes_total is not None else ""
+        return (
+            f"{self.files_done}/{self.files_total} files, {self.bytes_done / (1 << 20):.1f}{total} MiB, "
+            f"{self.mib_per_second:.1f} MiB/s"
+        )
+
+
+@dataclass(frozen=True)
+class ExtractedFile:
+    """One verified file in the destination."""
+
+    id: int | str
+    path: str
+    size: int
+    hashtype: str
+    hashsum: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "path": self.path,
+            "size": self.size,
+            "hashtype": self.hashtype,
+            "hashsum": self.hashsum,
+        }
+
+
+def extract_cart(
+    stream: IO[bytes],
+    files: Sequence[CartFile],
+    destination: str | os.PathLike[str],
+    top_dir: str,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_interval: float = 5.0,
+    durable: bool = True,
+) -> list[ExtractedFile]:
+    """Read a cart tar from ``stream`` and publish the verified ``files`` under ``destination``.
+
+    :param stream: a binary file object read sequentially (e.g. ``response.raw``).
+    :param files: the requested files; each lands at ``destination/<path>``.
+    :param destination: a directory; created if missing. Existing files at the same paths are
+        replaced, other content is left alone.
+    :param top_dir: the tar's top directory: the download ``filename`` without ``.tar`` in
+        Cartd's streaming mode, the cart uid in bundle mode.
+    :param on_progress: called with a :class:`Progress` every ``progress_interval`` seconds and at the end.
+    :param durable: flush the files to disk before they are moved into place.
+    :raises UnsafeMemberError: a member that must not be extracted.
+    :raises VerificationError: wrong size or hash, or a requested file did not arrive.
+    :raises StreamError: the stream ended early or is not a tar.
+    """
+    dest = Path(destination).absolute()
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInputError(f"destination {dest} exists and is not a directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pacifica-staging-", dir=dest.parent))
+    try:
+        extracted = stage_files(
+            stream,
+            files,
+            staging / "files",
+            top_dir,
+            on_progress=on_progress,
+            progress_interval=progress_interval,
+        )
+        if durable:
+            os.sync()  # one flush for all files; fsync per file costs much more for many small files
+        publish(staging / "files", dest, [f.path for f in extracted], backup_dir=staging / "replaced")
+        return extracted
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def stage_files(
+    stream: IO[bytes],
+    files: Sequence[CartFile],
+    staging: Path,
+    top_dir: str,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_interval: float = 5.0,
+) -> list[ExtractedFile]:
+    """Write the requested files from the tar ``stream`` into ``staging``, verifying each one."""
+    expected = {f.path: f for f in files}
+    if len(expected) != len(files):
+        raise InvalidInputError("the requested files have duplicate paths")
+    directories = {"/".join(p.split("/")[:i]) for p in expected for i in range(1, p.count("/") + 1)}
+    if not top_dir or "/" in top_dir or top_dir in (".", ".."):
+        raise InvalidInputError(f"invalid tar top directory {top_dir!r}")
+    staging.mkdir(parents=True, exist_ok=False)
+
+    buffer = bytearray(CHUNK_SIZE)
+    done: dict[str, ExtractedFile] = {}
+    bytes_done = 0
+    sizes = [f.size for f in files]
+    bytes_total = sum(s for s in sizes if s is not None) if None not in sizes else None
+    started = last_report = time.monotonic()
+
+    def report(force: bool = False) -> None:
+        nonlocal last_report
+        now = time.monotonic()
+        if on_progress and (force or now - last_report >= progress_interval):
+            last_report = now
+            on_progress(Progress(len(done), len(files), bytes_done, bytes_total, now - started))
+
+    try:
+        guarded: Any = _GuardedStream(stream)  # tarfile needs only read()
+        with tarfile.open(fileobj=guarded, mode="r|", bufsize=CHUNK_SIZE) as archive:
+            for member in archive:
+                relative = _member_path(member, top_dir)
+                if member.isdir():
+                    if relative and relative not in directories:
+                        raise UnsafeMemberError(f"tar member {member.name!r} is a directory that was not requested")
+                    continue
+                if not member.isreg() or member.type == tarfile.CONTTYPE:
+                    kind = _MEMBER_KINDS.get(member.type, f"member of type {member.type!r}")
+                    raise UnsafeMemberError(f"tar member {member.name!r} is a {kind}; only regular files are accepted")
+                wanted = expected.get(relative)
+                if wanted is None:
+                    raise UnsafeMemberError(f"tar member {member.name!r} was not requested")
+                if relative in done:
+                    raise UnsafeMemberError(f"tar member {member.name!r} appears twice")
+                if wanted.size is not None and member.size != wanted.size:
+                    raise VerificationError(
+                        f"file {wanted.path!r} (id {wanted.id!r}) is {member.size} bytes in the cart, "
+                        f"Pacifica said {wanted.size}"
+                    )
+                source = archive.extractfile(member)
+                if source is None:  # isreg() members always have data; keep mypy and readers sure
+                    raise UnsafeMemberError(f"tar member {member.name!r} has no data")
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.new(wanted.hashtype)
+                view = memoryview(buffer)
+                written = 0
+                with source, open(target, "xb", buffering=0) as out:
+                    while True:
+                        count = source.readinto(view)  # type: ignore[attr-defined]  # a BufferedReader
+                        if not count:
+                            break
+                        chunk = view[:count]
+                        digest.update(chunk)
+                        out.write(chunk)
+                        written += count
+                        bytes_done += count
+                        report()
+                if written != member.size:
+                    raise StreamError(f"file {wanted.path!r}: stream ended after {written} of {member.size} bytes")
+                if digest.hexdigest() != wanted.hashsum:
+                    raise VerificationError(
+                        f"file {wanted.path!r} (id {wanted.id!r}) has {wanted.hashtype} {digest.hexdigest()}, "
+                        f"Pacifica said {wanted.hashsum}"
+                    )
+                done[relative] = ExtractedFile(wanted.id, wanted.path, written, wanted.hashtype, wanted.hashsum)
+                report()
+    except (tarfile.ReadError, tarfile.HeaderError, EOFError) as err:
+        raise StreamError(f"the cart stream is truncated or not a tar: {err}") from err
+    except OSError as err:
+        if isinstance(err, FileExistsError):  # two names that normalise to one path
+            raise UnsafeMemberError(f"tar member written twice: {err.filename}") from err
+        raise
+
+    missing = [f.path for f in files if f.path not in done]
+    if missing:
+        shown = ", ".join(repr(p) for p in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise VerificationError(f"{len(missing)} requested file(s) did not arrive: {shown}")
+    report(force=True)
+    return [done[f.path] for f in files]
+
+
+def publish(staging: Path, destination: Path, paths: Sequence[str], backup_dir: Path) -> None:
+    """Move verified files from ``staging`` into ``destination``; all of them, or none.
+
+    Files already at a target path are moved to ``backup_dir`` first and put back if a later
+    move fails, and directories this call created are removed again.
+    """
+    for path in paths:  # refuse conflicts before touching anything
+        target = destination / path
+        if target.is_dir() and not target.is_symlink():
+            raise ExtractionError(f"cannot publish {path!r}: {target} is a directory")
+        for parent in target.parents:
+            if parent == destination:  # the destination itself may be a symlink the user chose
+                break
+            if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+                raise ExtractionError(f"cannot publish {path!r}: {parent} is not a plain directory")
+
+    undo: list[Callable[[], None]] = []
+    try:
+        for path in paths:
+            target = destination / path
+            for parent in reversed(target.parents):
+                if parent == destination.parent or parent in destination.parent.parents:
+                    continue
+                if not parent.exists():
+                    parent.mkdir()
+                    undo.append(lambda p=parent: p.rmdir())  # type: ignore[misc]
+            if target.exists() or target.is_symlink():
+                backup = backup_dir / path
+                backup.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(target, backup)
+                undo.append(lambda b=backup, t=target: os.replace(b, t))  # type: ignore[misc]
+            os.replace(staging / path, target)
+            undo.append(lambda t=target, s=staging / path: os.replace(t, s))  # type: ignore[misc]
+    except BaseException:
+        for action in reversed(undo):
+            with contextlib.suppress(OSError):
+                action()
+        raise
+    with contextlib.suppress(OSError):  # make the renames themselves durable
+        fd = os.open(destination, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _GuardedStream:
+    """Reads from the network stream; any failure there (reset, timeout) becomes a ``StreamError``."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except ExtractionError:
+            raise
+        except Exception as err:  # urllib3's ProtocolError and ReadTimeoutError are not OSErrors
+            raise StreamError(f"reading the cart stream failed: {type(err).__name__}: {err}") from err
+
+
+def _member_path(member: tarfile.TarInfo, top_dir: str) -> str:
+    """The member's path below ``top_dir``, or raise ``UnsafeMemberError``."""
+    name = member.name
+    if name.startswith("/") or "\\" in name.split("/")[0] or "\x00" in name:
+        raise UnsafeMemberError(f"tar member {name!r} has an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeMemberError(f"tar member {name!r} contains '..'")
+    if not parts or parts[0] != top_dir:
+        raise UnsafeMemberError(f"tar member {name!r} is outside the cart's top directory {top_dir!r}")
+    return "/".join(parts[1:])

@@ -1,0 +1,89 @@
+"""Provider metadata that Airflow discovers through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INTEGRATION = "Pacifica Cartd"
+
+
+def _text(label: str, description: str, *, secret: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": ["string", "null"]}
+    if secret:
+        schema["format"] = "password"
+    return {"label": label, "description": description, "schema": schema}
+
+
+def _number(label: str, description: str, default: float, *, integer: bool = False) -> dict[str, Any]:
+    kind = "integer" if integer else "number"
+    return {
+        "label": label,
+        "description": description,
+        "schema": {"type": [kind, "null"], "minimum": 0, "default": default},
+    }
+
+
+CONN_FIELDS: dict[str, Any] = {
+    "token": _text("Bearer token", "Sent as 'Authorization: Bearer <token>' (instead of login/password).", secret=True),
+    "client_cert": _text("Client certificate", "Path of a PEM certificate for TLS client authentication."),
+    "client_key": _text("Client key", "Path of the certificate's private key, if not in the certificate file."),
+    "ca_bundle": _text("CA bundle", "Path of a CA bundle to verify the Cartd server certificate."),
+    "verify": {
+        "label": "Verify TLS",
+        "description": "Verify the server certificate (turn off only for testing).",
+        "schema": {"type": ["boolean", "null"], "default": True},
+    },
+    "connect_timeout": _number("Connect timeout (s)", "Seconds to wait for a connection.", 10),
+    "read_timeout": _number("Read timeout (s)", "Seconds to wait for each read from Cartd.", 60),
+    "proxies": {
+        "label": "Proxies",
+        "description": 'JSON object, e.g. {"https": "http://proxy.example.org:3128"}.',
+        "schema": {"type": ["object", "string", "null"], "format": "json"},
+    },
+    "max_retries": _number("Max retries", "Retries after a transient fault (timeouts, 429, 502-504).", 3, integer=True),
+    "retry_backoff": _number("Retry backoff (s)", "First wait before a retry; doubled each time.", 1),
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider's hooks, triggers, sensors, operators and connection type."""
+    return {
+        "package-name": "airflow-provider-pacifica",
+        "name": "Pacifica",
+        "description": "Download Pacifica data through Cartd carts: deferrable waits, verified atomic downloads.",
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://github.com/pacifica/pacifica-cartd",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_pacifica.hooks.cartd"]}],
+        "triggers": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_pacifica.triggers.cartd"]}],
+        "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_pacifica.sensors.cartd"]}],
+        "operators": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_pacifica.operators.download"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "pacifica_cartd",
+                "hook-class-name": "airflow_provider_pacifica.hooks.cartd.PacificaCartdHook",
+                "hook-name": "Pacifica Cartd",
+                "ui-field-behaviour": {
+                    "hidden-fields": [],
+                    "relabeling": {"host": "Cartd host", "schema": "Scheme (http or https)"},
+                    "placeholders": {
+                        "host": "cartd.example.org",
+                        "schema": "https",
+                        "port": "8081",
+                        "login": "basic-auth user (optional)",
+                        "password": "basic-auth password (optional)",
+                    },
+                },
+                "conn-fields": CONN_FIELDS,
+            }
+        ],
+    }

@@ -1,0 +1,292 @@
+"""Operator that downloads the files of a Pacifica ingest event through a Cartd cart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, conf
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_provider_pacifica.cloudevents import (
+    CartFile,
+    files_from_list,
+    files_from_transaction_info,
+    parse_cloudevent,
+)
+from airflow_provider_pacifica.exceptions import (
+    CartdTransientError,
+    CartNotFoundError,
+    CartNotReadyError,
+    InvalidInputError,
+    StreamError,
+    UnsafeMemberError,
+    VerificationError,
+)
+from airflow_provider_pacifica.extraction import extract_cart
+from airflow_provider_pacifica.hooks.cartd import CartStatus, PacificaCartdHook
+from airflow_provider_pacifica.triggers.cartd import CartReadyTrigger
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.sdk import Context
+
+DOWNLOAD_NAME = "data"  # Cartd streams the tar under a top directory named after ?filename=
+
+
+class PacificaDownloadOperator(BaseOperator):
+    """Download files from Pacifica: create a cart, wait for it, stream, verify, publish.
+
+    Give exactly one of ``cloudevent``, ``files`` or ``transaction_info``. The cart is created on
+    the worker (Cartd's POST is not idempotent, so never from a trigger) under a uid derived from
+    the dag, run, task, map index and file list: a retried task finds its own cart instead of
+    staging a second one. The wait defers to :class:`CartReadyTrigger`. The tar is streamed and
+    every file checked against the size and hash Pacifica gave before any file is moved to
+    ``destination/<subdir>/<name>``; on failure the destination is left as it was.
+
+    Returns (XCom) a manifest: ``{"destination", "cart_uid", "file_count", "total_bytes",
+    "files": [{"id", "path", "size", "hashtype", "hashsum"}], "event"}``.
+
+    :param destination: the directory to publish into (templated).
+    :param cloudevent: a Pacifica ingest CloudEvent, dict or JSON string (templated).
+    :param files: a list of ``{"id", "path", "hashtype", "hashsum", "size"}`` dicts (templated).
+    :param transaction_info: a Policy transaction-info document (templated).
+    :param pacifica_conn_id: the ``pacifica_cartd`` connection (templated).
+    :param deferrable: wait for the cart in the triggerer (no worker slot held).
+    :param poll_interval: seconds between the first status polls; the interval grows by half
+        each poll up to ``max_poll_interval``.
+    :param max_poll_interval: the cap of the poll interval in seconds.
+    :param timeout: seconds to wait for the cart to be ready before failing.
+    :param delete_cart: delete the cart from Cartd once the files are published.
+    :param bundle: ask Cartd for a pre-built tar (bundle mode).
+    :param download_attempts: how many times a broken download stream is restarted.
+    :param progress_interval: seconds between progress lines in the task log.
+    """
+
+    template_fields: Sequence[str] = (
+        "destination",
+        "cloudevent",
+        "files",
+        "transaction_info",
+        "pacifica_conn_id",
+    )
+    ui_color = "#c9e4f2"
+
+    def __init__(
+        self,
+        *,
+        destination: str,
+        cloudevent: dict[str, Any] | str | None = None,
+        files: list[dict[str, Any]] | str | None = None,
+        transaction_info: dict[str, Any] | str | None = None,
+        pacifica_conn_id: str = PacificaCartdHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 5.0,
+        max_poll_interval: float = 60.0,
+        timeout: float | timedelta = timedelta(days=1),
+        delete_cart: bool = True,
+        bundle: bool = False,
+        download_attempts: int = 3,
+        progress_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        given = [
+            name
+            for name, value in (
+                ("cloudevent", cloudevent),
+                ("files", files),
+                ("transaction_info", transaction_info),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"{type(self).__name__} needs exactly one of cloudevent, files, transaction_info; got {given or 'none'}"
+            )
+        self.destination = destination
+        self.cloudevent = cloudevent
+        self.files = files
+        self.transaction_info = transaction_info
+        self.pacifica_conn_id = pacifica_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max(max_poll_interval, poll_interval)
+        self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        self.delete_cart = delete_cart
+        self.bundle = bundle
+        self.download_attempts = max(1, download_attempts)
+        self.progress_interval = progress_interval
+
+    @property
+    def hook(self) -> PacificaCartdHook:
+        return PacificaCartdHook(pacifica_conn_id=self.pacifica_conn_id)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def requested_files(self) -> tuple[list[CartFile], dict[str, Any] | None]:
+        """The validated files and, for a CloudEvent, its summary; bad input fails the task at once."""
+        try:
+            if self.cloudevent is not None:
+                event = parse_cloudevent(self.cloudevent)
+                return list(event.files), event.summary()
+            if self.transaction_info is not None:
+                return files_from_transaction_info(self.transaction_info), None
+            return files_from_list(self.files or []), None  # type: ignore[arg-type]  # JSON text is accepted too
+        except InvalidInputError as err:
+            raise AirflowFailException(f"cannot download: {err}") from err
+
+    def cart_uid_for(self, context: Context, files: Sequence[CartFile]) -> str:
+        """A uid stable across retries of this task instance and specific to its file list."""
+        ti = context["ti"]
+        identity = {
+            "dag_id": ti.dag_id,
+            "run_id": ti.run_id,
+            "task_id": ti.task_id,
+            "map_index": getattr(ti, "map_index", -1),
+            "files": [f.to_fileid() for f in files],
+            "bundle": self.bundle,
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        return f"airflow-{digest[:40]}"
+
+    # -- execution ------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        files, _ = self.requested_files()
+        cart_uid = self.cart_uid_for(context, files)
+        hook = self.hook
+        status = self._ensure_cart(hook, cart_uid, files)
+        if not status.ready:
+            if self.deferrable:
+                self._defer(cart_uid, recreated=False)
+            status = self._wait_on_worker(hook, cart_uid)
+        return self._download(hook, cart_uid, context)
+
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any] | None = None,
+        cart_uid: str = "",
+        recreated: bool = False,
+    ) -> dict[str, Any]:
+        """Resume after :class:`CartReadyTrigger`: download when ready, fail with Cartd's message otherwise."""
+        event = event or {"status": "error", "message": "the trigger sent no event"}
+        status = event.get("status")
+        if status == "missing" and not recreated:
+            # Cartd's LRU may purge a cart while it waits: stage it once more, then wait again.
+            self.log.warning("Cart %s vanished while waiting (%s); creating it again", cart_uid, event.get("message"))
+            files, _ = self.requested_files()
+            self.hook.create_cart(files, cart_uid=cart_uid, bundle=self.bundle)
+            self._defer(cart_uid, recreated=True)
+        if status != "ready":
+            raise AirflowFailException(f"cart {cart_uid}: {event.get('message')}")
+        return self._download(self.hook, cart_uid, context, recreated=recreated)
+
+    def _ensure_cart(self, hook: PacificaCartdHook, cart_uid: str, files: Sequence[CartFile]) -> CartStatus:
+        """Reuse this task instance's cart if Cartd still has it; create it otherwise."""
+        status = hook.cart_status(cart_uid)
+        if status.ready or status.pending:
+            self.log.info("Reusing cart %s (%s) from an earlier attempt", cart_uid, status.state)
+            return status
+        if status.failed:
+            self.log.warning("Cart %s of an earlier attempt failed (%s); staging it again", cart_uid, status.message)
+        hook.create_cart(files, cart_uid=cart_uid, bundle=self.bundle)
+        return hook.cart_status(cart_uid)
+
+    def _defer(self, cart_uid: str, *, recreated: bool) -> None:
+        self.defer(
+            trigger=CartReadyTrigger(
+                cart_uid=cart_uid,
+                pacifica_conn_id=self.pacifica_conn_id,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+            ),
+            method_name="execute_complete",
+            kwargs={"cart_uid": cart_uid, "recreated": recreated},
+            timeout=timedelta(seconds=self.timeout),
+        )
+
+    def _wait_on_worker(self, hook: PacificaCartdHook, cart_uid: str) -> CartStatus:
+        """Poll on the worker (``deferrable=False``), with the same growing interval as the trigger."""
+        deadline = time.monotonic() + self.timeout
+        interval = self.poll_interval
+        while True:
+            status = hook.cart_status(cart_uid)
+            if status.ready:
+                return status
+            if status.failed:
+                raise AirflowFailException(f"cart {cart_uid} failed: {status.message}")
+            if status.missing:
+                raise AirflowFailException(f"cart {cart_uid} is missing: {status.message}")
+            if time.monotonic() + interval > deadline:
+                raise AirflowException(f"cart {cart_uid} was not ready after {self.timeout:.0f}s ({status.state})")
+            self.log.info("Cart %s is %s; next poll in %.1fs", cart_uid, status.state, interval)
+            time.sleep(interval)
+            interval = min(interval * 1.5, self.max_poll_interval)
+
+    def _download(
+        self, hook: PacificaCartdHook, cart_uid: str, context: Context, recreated: bool = False
+    ) -> dict[str, Any]:
+        files, event_summary = self.requested_files()
+        destination = Path(self.destination)
+        top_dir = cart_uid if self.bundle else DOWNLOAD_NAME
+        for attempt in range(1, self.download_attempts + 1):
+            try:
+                with hook.open_cart_stream(cart_uid, filename=f"{DOWNLOAD_NAME}.tar") as response:
+                    extracted = extract_cart(
+                        response.raw,  # type: ignore[arg-type]  # urllib3's HTTPResponse reads like IO[bytes]
+                        files,
+                        destination,
+                        top_dir,
+                        on_progress=lambda p: self.log.info("Cart %s: %s", cart_uid, p),
+                        progress_interval=self.progress_interval,
+                    )
+                break
+            except (UnsafeMemberError, VerificationError) as err:
+                raise AirflowFailException(f"cart {cart_uid}: {err}; {destination} was left unchanged") from err
+            except CartNotReadyError as err:
+                status = hook.cart_status(cart_uid)
+                raise AirflowException(
+                    f"cart {cart_uid} is not downloadable ({status.state}: {status.message})"
+                ) from err
+            except CartNotFoundError as err:
+                if recreated:
+                    raise AirflowFailException(f"cart {cart_uid} vanished twice; giving up: {err}") from err
+                self.log.warning("Cart %s vanished before download (%s); creating it again", cart_uid, err)
+                hook.create_cart(files, cart_uid=cart_uid, bundle=self.bundle)
+                if self.deferrable:
+                    self._defer(cart_uid, recreated=True)
+                self._wait_on_worker(hook, cart_uid)
+                return self._download(hook, cart_uid, context, recreated=True)
+            except (StreamError, CartdTransientError) as err:
+                if attempt == self.download_attempts:
+                    raise AirflowException(f"cart {cart_uid}: download failed {attempt} times: {err}") from err
+                self.log.warning(
+                    "Cart %s: download broke (%s); restarting (%d/%d)",
+                    cart_uid,
+                    err,
+                    attempt,
+                    self.download_attempts,
+                )
+
+        total = sum(f.size for f in extracted)
+        self.log.info("Published %d verified file(s), %d bytes, to %s", len(extracted), total, destination.absolute())
+        if self.delete_cart:
+            try:
+                hook.delete_cart(cart_uid)
+            except CartdTransientError as err:  # the data is safe; Cartd's LRU will reclaim the cart
+                self.log.warning("Could not delete cart %s: %s", cart_uid, err)
+        return {
+            "destination": str(destination.absolute()),
+            "cart_uid": cart_uid,
+            "file_count": len(extracted),
+            "total_bytes": total,
+            "files": [f.to_dict() for f in extracted],
+            "event": event_summary,
+        }
