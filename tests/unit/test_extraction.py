@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_pacifica import extraction
+from airflow_provider_pacifica.exceptions import (
+    ExtractionError,
+    InvalidInputError,
+    StreamError,
+    UnsafeMemberError,
+    VerificationError,
+)
+from airflow_provider_pacifica.extraction import Progress, extract_cart
+from tests.tars import CONTENTS, build_tar, cart_files, hostile_tars
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for directories)."""
+    return {
+        str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if not p.is_symlink()
+    } | {str(p.relative_to(root)): b"<symlink>" for p in root.rglob("*") if p.is_symlink()}
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A parent dir holding a destination with one file already in it."""
+    destination = tmp_path / "parent" / "dest"
+    destination.mkdir(parents=True)
+    (destination / "keep.txt").write_bytes(b"already here")
+    return destination
+
+
+def test_a_good_cart_lands_verified_at_destination_subdir_name(workspace):
+    files = cart_files()
+    extracted = extract_cart(io.BytesIO(build_tar()), files, workspace, "data")
+    for path, data in CONTENTS.items():
+        assert (workspace / path).read_bytes() == data
+    assert (workspace / "keep.txt").read_bytes() == b"already here"
+    assert [e.to_dict() for e in extracted] == [
+        {"id": f.id, "path": f.path, "size": f.size, "hashtype": "sha1", "hashsum": f.hashsum} for f in files
+    ]
+    assert sorted(p.name for p in workspace.parent.iterdir()) == ["dest"]  # no staging left behind
+
+
+def test_the_destination_is_created_when_missing(tmp_path):
+    destination = tmp_path / "new" / "dest"
+    extract_cart(io.BytesIO(build_tar()), cart_files(), destination, "data")
+    assert (destination / "a" / "b.txt").read_bytes() == CONTENTS["a/b.txt"]
+
+
+def test_existing_files_at_the_same_paths_are_replaced(workspace):
+    (workspace / "a").mkdir()
+    (workspace / "a" / "b.txt").write_bytes(b"old version")
+    extract_cart(io.BytesIO(build_tar()), cart_files(), workspace, "data")
+    assert (workspace / "a" / "b.txt").read_bytes() == CONTENTS["a/b.txt"]
+
+
+def test_bundle_mode_top_directory_is_the_cart_uid(workspace):
+    extract_cart(io.BytesIO(build_tar(top="cart-123")), cart_files(), workspace, "cart-123")
+    assert (workspace / "bin" / "blob.bin").read_bytes() == CONTENTS["bin/blob.bin"]
+
+
+def test_sizes_are_optional(workspace):
+    files = [f.__class__(f.id, f.path, f.hashtype, f.hashsum, None) for f in cart_files()]
+    extract_cart(io.BytesIO(build_tar()), files, workspace, "data")
+    assert (workspace / "a" / "b.txt").exists()
+
+
+def test_other_hash_types_are_verified(workspace):
+    data = CONTENTS["a/b.txt"]
+    file = cart_files()[0].__class__(1, "a/b.txt", "sha256", hashlib.sha256(data).hexdigest(), len(data))
+    extract_cart(io.BytesIO(build_tar({"a/b.txt": data})), [file], workspace, "data")
+    assert (workspace / "a" / "b.txt").read_bytes() == data
+
+
+EXPECTED_ERRORS = {
+    "path traversal": (UnsafeMemberError, r"contains '\.\.'"),
+    "dot-dot at the top": (UnsafeMemberError, r"contains '\.\.'"),
+    "absolute path": (UnsafeMemberError, "absolute path"),
+    "symlink": (UnsafeMemberError, "symbolic link"),
+    "symlink over a requested file": (UnsafeMemberError, "symbolic link"),
+    "hardlink": (UnsafeMemberError, "hard link"),
+    "character device": (UnsafeMemberError, "character device"),
+    "fifo": (UnsafeMemberError, "FIFO"),
+    "unexpected member": (UnsafeMemberError, "was not requested"),
+    "unexpected directory": (UnsafeMemberError, "directory that was not requested"),
+    "outside the top directory": (UnsafeMemberError, "outside the cart's top directory"),
+    "duplicate member": (UnsafeMemberError, "appears twice"),
+    "missing file": (VerificationError, r"1 requested file\(s\) did not arrive: 'a/c/second.txt'"),
+    "truncated stream": (StreamError, "truncated"),
+    "truncated inside a file": (StreamError, "truncated|ended after"),
+    "wrong content": (VerificationError, r"file 'a/b.txt' \(id 1000\) has sha1"),
+    "wrong size": (VerificationError, r"file 'a/b.txt' \(id 1000\) is 5 bytes in the cart, Pacifica said 15"),
+    "not a tar": (StreamError, "not a tar"),
+    "empty stream": (StreamError, "empty file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(hostile_tars()))
+def test_hostile_tars_fail_cleanly_and_change_nothing(workspace, case):
+    before = snapshot(workspace.parent)
+    error, message = EXPECTED_ERRORS[case]
+    with pytest.raises(error, match=message):
+        extract_cart(io.BytesIO(hostile_tars()[case]), cart_files(), workspace, "data")
+    assert snapshot(workspace.parent) == before
+    assert not Path("/tmp/pacifica-absolute-escape.txt").exists()
+
+
+def test_every_hostile_case_has_an_expected_error():
+    assert set(EXPECTED_ERRORS) == set(hostile_tars())
+
+
+def test_a_stream_that_breaks_is_a_stream_error(workspace):
+    class Breaking(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() > 0:
+                raise ConnectionResetError("reset by peer")
+            return super().read(3000)
+
+    before = snapshot(workspace.parent)
+    with pytest.raises(StreamError, match="ConnectionResetError"):
+        extract_cart(Breaking(build_tar()), cart_files(), workspace, "data")
+    assert snapshot(workspace.parent) == before
+
+
+def test_a_failed_publish_puts_everything_back(workspace, monkeypatch):
+    (workspace / "a").mkdir()
+    (workspace / "a" / "b.txt").write_bytes(b"old version")
+    before = snapshot(workspace.parent)
+    real_replace = os.replace
+    moves = []
+
+    def flaky_replace(src, dst):
+        moves.append(dst)
+        if len(moves) == 4:  # fail in the middle of publishing
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(extraction.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="disk full"):
+        extract_cart(io.BytesIO(build_tar()), cart_files(), workspace, "data")
+    monkeypatch.setattr(extraction.os, "replace", real_replace)
+    assert snapshot(workspace.parent) == before
+
+
+def test_publish_refuses_a_directory_where_a_file_must_go(workspace):
+    (workspace / "a" / "b.txt").mkdir(parents=True)
+    before = snapshot(workspace.parent)
+    with pytest.raises(ExtractionError, match="is a directory"):
+        extract_cart(io.BytesIO(build_tar()), cart_files(), workspace, "data")
+    assert snapshot(workspace.parent) == before
+
+
+def test_publish_refuses_a_symlinked_subdirectory(workspace, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (workspace / "a").symlink_to(outside)
+    with pytest.raises(ExtractionError, match="not a plain directory"):
+        extract_cart(io.BytesIO(build_tar()), cart_files(), workspace, "data")
+    assert list(outside.iterdir()) == []
+
+
+def test_a_destination_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(InvalidInputError, match="not a directory"):
+        extract_cart(io.BytesIO(build_tar()), cart_files(), target, "data")
+
+
+def test_progress_is_reported_with_files_bytes_and_rate(workspace):
+    seen: list[Progress] = []
+    extract_cart(io.BytesIO(build_tar()), cart_files(), workspace, "data", on_progress=seen.append, progress_interval=0)
+    last = seen[-1]
+    assert (last.files_done, last.files_total) == (4, 4)
+    assert last.bytes_done == last.bytes_total == sum(len(d) for d in CONTENTS.values())
+    assert "4/4 files" in str(last)
+    assert "MiB/s" in str(last)
