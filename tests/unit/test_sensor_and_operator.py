@@ -1,0 +1,290 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+
+from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
+from airflow_provider_pacifica.sensors.cartd import CartSensor
+from airflow_provider_pacifica.triggers.cartd import CartReadyTrigger
+from tests.httpserver import Reply, cartd_head
+from tests.tars import CONTENTS, build_tar, cart_files, hostile_tars
+from tests.unit.test_extraction import EXPECTED_ERRORS, snapshot
+
+
+def make_context(task_id="download", map_index=-1, run_id="manual__1"):
+    ti = mock.MagicMock(dag_id="dag", run_id=run_id, task_id=task_id, map_index=map_index)
+    return {"ti": ti}
+
+
+def event_for(files):
+    return {
+        "cloudEventsVersion": "0.1",
+        "eventID": "evt-1",
+        "eventType": "org.pacifica.metadata.ingest",
+        "source": "/pacifica/metadata/ingest",
+        "data": [{"destinationTable": "Transactions._id", "value": 99}]
+        + [
+            {
+                "destinationTable": "Files",
+                "_id": f.id,
+                "subdir": f.path.rpartition("/")[0],
+                "name": f.path.rpartition("/")[2],
+                "hashtype": f.hashtype,
+                "hashsum": f.hashsum,
+                "size": f.size,
+            }
+            for f in files
+        ],
+    }
+
+
+# -- CartSensor -----------------------------------------------------------------------------
+
+
+def test_sensor_defers_with_the_cart_trigger_and_its_timeout(http_server, cartd_conn):
+    cartd_conn()
+    http_server.sequence(cartd_head("staging"))
+    sensor = CartSensor(task_id="wait", cart_uid="c1", deferrable=True, timeout=120, poke_interval=3)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(make_context())
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, CartReadyTrigger)
+    assert trigger.serialize()[1]["cart_uid"] == "c1"
+    assert trigger.poll_interval == 3.0
+    assert deferred.value.timeout == timedelta(seconds=120)
+    assert deferred.value.method_name == "execute_complete"
+
+
+def test_sensor_does_not_defer_when_the_cart_is_already_ready(http_server, cartd_conn):
+    cartd_conn()
+    http_server.sequence(cartd_head("ready"))
+    CartSensor(task_id="wait", cart_uid="c1", deferrable=True).execute(make_context())
+
+
+@pytest.mark.parametrize(("state", "words"), [("error", "failed: bad hash"), ("missing", "is missing")])
+def test_sensor_fails_at_once_without_retries_for_error_and_missing(http_server, cartd_conn, state, words):
+    cartd_conn()
+    http_server.sequence(cartd_head(state, "bad hash"))
+    with pytest.raises(AirflowFailException, match=words):
+        CartSensor(task_id="wait", cart_uid="c1", deferrable=True).execute(make_context())
+
+
+def test_sensor_poke_mode_waits_on_the_worker(http_server, cartd_conn):
+    cartd_conn()
+    http_server.sequence(cartd_head("staging"), cartd_head("ready"))
+    sensor = CartSensor(task_id="wait", cart_uid="c1", deferrable=False, poke_interval=0.01, timeout=10)
+    sensor.execute(make_context())
+    assert len(http_server.requests) == 2
+
+
+def test_sensor_templates_cart_and_connection():
+    assert set(CartSensor.template_fields) == {"cart_uid", "pacifica_conn_id"}
+
+
+def test_sensor_resumes_on_ready_and_fails_on_anything_else():
+    sensor = CartSensor(task_id="wait", cart_uid="c1", deferrable=True)
+    sensor.execute_complete(make_context(), {"status": "ready", "message": "", "cart_uid": "c1"})
+    with pytest.raises(AirflowFailException, match="cart c1: cart c1 failed: hash"):
+        sensor.execute_complete(make_context(), {"status": "error", "message": "cart c1 failed: hash"})
+
+
+@pytest.mark.parametrize("setting", ["True", "False"])
+def test_deferrable_defaults_follow_operators_default_deferrable(setting, tmp_path):
+    code = (
+        "from airflow_provider_pacifica.sensors.cartd import CartSensor;"
+        "from airflow_provider_pacifica.operators.download import PacificaDownloadOperator;"
+        "s = CartSensor(task_id='s', cart_uid='c');"
+        "o = PacificaDownloadOperator(task_id='o', destination='/tmp/x', files=[]);"
+        "print(s.deferrable, o.deferrable)"
+    )
+    env = {**os.environ, "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": setting, "AIRFLOW_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1].split() == [setting, setting]
+
+
+# -- PacificaDownloadOperator ---------------------------------------------------------------
+
+
+def test_operator_needs_exactly_one_input():
+    with pytest.raises(ValueError, match="exactly one of cloudevent, files, transaction_info"):
+        PacificaDownloadOperator(task_id="d", destination="/tmp/x")
+    with pytest.raises(ValueError, match=r"got \['cloudevent', 'files'\]"):
+        PacificaDownloadOperator(task_id="d", destination="/tmp/x", cloudevent={}, files=[])
+
+
+def test_bad_input_fails_the_task_at_once_naming_the_record(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    event = {"data": [{"destinationTable": "Files", "_id": 1, "name": "x", "subdir": "../..", "hashtype": "sha1"}]}
+    op = PacificaDownloadOperator(task_id="d", destination=str(tmp_path), cloudevent=event)
+    with pytest.raises(AirflowFailException, match=r"Files record #0 .*lacks hashsum"):
+        op.execute(make_context())
+    assert http_server.requests == []
+
+
+def test_operator_creates_the_cart_on_the_worker_and_defers(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    http_server.sequence(cartd_head("missing"), Reply(201), cartd_head("staging"))
+    op = PacificaDownloadOperator(
+        task_id="d",
+        destination=str(tmp_path),
+        cloudevent=json.dumps(event_for(cart_files())),
+        deferrable=True,
+        timeout=600,
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(make_context())
+    assert [r.method for r in http_server.requests] == ["HEAD", "POST", "HEAD"]
+    cart_uid = http_server.requests[1].path.lstrip("/")
+    assert isinstance(deferred.value.trigger, CartReadyTrigger)
+    assert deferred.value.kwargs == {"cart_uid": cart_uid, "recreated": False}
+    assert deferred.value.timeout == timedelta(seconds=600)
+    body = json.loads(http_server.requests[1].body)
+    assert [f["path"] for f in body["fileids"]] == list(CONTENTS)
+
+
+def test_the_cart_uid_is_stable_per_task_instance_and_differs_between_them(tmp_path):
+    op = PacificaDownloadOperator(task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()])
+    files = cart_files()
+    first = op.cart_uid_for(make_context(), files)
+    assert first == op.cart_uid_for(make_context(), files)  # a retry finds its cart
+    assert first != op.cart_uid_for(make_context(map_index=1), files)
+    assert first != op.cart_uid_for(make_context(run_id="manual__2"), files)
+    assert first != op.cart_uid_for(make_context(), files[:2])
+
+
+def test_a_retried_task_reuses_its_staging_cart_instead_of_posting_again(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    http_server.sequence(cartd_head("staging"))
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()], deferrable=True
+    )
+    with pytest.raises(TaskDeferred):
+        op.execute(make_context())
+    assert [r.method for r in http_server.requests] == ["HEAD"]
+
+
+def serve_cart(http_server, tar: bytes):
+    """HEAD ready, GET the tar (chunked, like Cartd), DELETE ok."""
+
+    def handler(request):
+        if request.method == "HEAD":
+            return cartd_head("ready")
+        if request.method == "GET":
+            return Reply(
+                200,
+                {"Content-Type": "application/octet-stream"},
+                [tar[i : i + 4096] for i in range(0, len(tar), 4096)],
+                chunked=True,
+            )
+        return Reply(200, {}, b'{"message": "Cart Deleted Successfully"}')
+
+    http_server.handler = handler
+
+
+def test_operator_downloads_verifies_publishes_and_returns_a_manifest(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    serve_cart(http_server, build_tar())
+    destination = tmp_path / "dest"
+    op = PacificaDownloadOperator(task_id="d", destination=str(destination), cloudevent=event_for(cart_files()))
+    manifest = op.execute(make_context())
+    for path, data in CONTENTS.items():
+        assert (destination / path).read_bytes() == data
+    assert manifest["destination"] == str(destination)
+    assert manifest["file_count"] == len(CONTENTS)
+    assert manifest["total_bytes"] == sum(len(d) for d in CONTENTS.values())
+    assert manifest["files"][0] == {
+        "id": 1000,
+        "path": "a/b.txt",
+        "size": 15,
+        "hashtype": "sha1",
+        "hashsum": cart_files()[0].hashsum,
+    }
+    assert manifest["event"]["id"] == "evt-1"
+    assert manifest["event"]["transaction_id"] == 99
+    assert json.loads(json.dumps(manifest)) == manifest  # XCom-safe
+    assert [r.method for r in http_server.requests] == ["HEAD", "GET", "DELETE"]
+    assert http_server.requests[1].query == {"filename": ["data.tar"]}
+
+
+def test_operator_keeps_the_cart_when_asked(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    serve_cart(http_server, build_tar())
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()], delete_cart=False
+    )
+    op.execute(make_context())
+    assert "DELETE" not in [r.method for r in http_server.requests]
+
+
+@pytest.mark.parametrize("case", sorted(hostile_tars()))
+def test_hostile_tars_served_over_http_fail_the_task_and_touch_nothing(http_server, cartd_conn, tmp_path, case):
+    cartd_conn()
+    serve_cart(http_server, hostile_tars()[case])
+    destination = tmp_path / "dest"
+    destination.mkdir()
+    (destination / "keep.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(destination), files=[f.to_dict() for f in cart_files()], download_attempts=2
+    )
+    error, message = EXPECTED_ERRORS[case]
+    with pytest.raises(AirflowException, match=message) as failure:
+        op.execute(make_context())
+    # unsafe or unverifiable content fails at once; a broken stream may be retried
+    assert isinstance(failure.value, AirflowFailException) == (error.__name__ != "StreamError")
+    assert snapshot(tmp_path) == before
+    assert "DELETE" not in [r.method for r in http_server.requests]
+
+
+def test_a_broken_stream_is_restarted_then_succeeds(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    tar = build_tar()
+    gets = 0
+
+    def handler(request):
+        nonlocal gets
+        if request.method == "HEAD":
+            return cartd_head("ready")
+        if request.method == "GET":
+            gets += 1
+            return Reply(200, {}, [tar], chunked=True, cut_after=None if gets > 1 else 3000)
+        return Reply(200)
+
+    http_server.handler = handler
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path / "d"), files=[f.to_dict() for f in cart_files()]
+    )
+    manifest = op.execute(make_context())
+    assert gets == 2
+    assert manifest["file_count"] == 4
+
+
+def test_execute_complete_fails_with_cartds_message(tmp_path):
+    op = PacificaDownloadOperator(task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()])
+    with pytest.raises(AirflowFailException, match="cart c: cart c failed: Failed to pull file"):
+        op.execute_complete(
+            make_context(), {"status": "error", "message": "cart c failed: Failed to pull file"}, cart_uid="c"
+        )
+
+
+def test_a_cart_purged_while_waiting_is_created_once_more(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    http_server.sequence(Reply(201))
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()], deferrable=True
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute_complete(make_context(), {"status": "missing", "message": "gone"}, cart_uid="c", recreated=False)
+    assert deferred.value.kwargs == {"cart_uid": "c", "recreated": True}
+    assert [r.method for r in http_server.requests] == ["POST"]
+    with pytest.raises(AirflowFailException, match="gone"):
+        op.execute_complete(make_context(), {"status": "missing", "message": "gone"}, cart_uid="c", recreated=True)
