@@ -1,0 +1,116 @@
+"""The provider as Airflow discovers it: entry point, provider info, example DAGs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from importlib.metadata import distribution, entry_points
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from airflow_provider_pacifica.get_provider_info import get_provider_info
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_provider_info_validates_against_airflows_runtime_schema():
+    import airflow
+
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_package_name_matches_the_installed_distribution():
+    assert get_provider_info()["package-name"] == distribution("airflow-provider-pacifica").metadata["Name"]
+
+
+def test_the_entry_point_returns_the_provider_info():
+    (entry,) = [
+        e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("airflow_provider_pacifica")
+    ]
+    assert entry.load()() == get_provider_info()
+
+
+def test_every_listed_module_and_class_imports():
+    info = get_provider_info()
+    for kind in ("hooks", "triggers", "sensors", "operators"):
+        for group in info[kind]:
+            for module in group["python-modules"]:
+                importlib.import_module(module)
+    for conn in info["connection-types"]:
+        module, name = conn["hook-class-name"].rsplit(".", 1)
+        hook = getattr(importlib.import_module(module), name)
+        assert hook.conn_type == conn["connection-type"] == "pacifica_cartd"
+        assert hook.hook_name == conn["hook-name"] == "Pacifica Cartd"
+        assert hook.conn_name_attr == "pacifica_conn_id"
+        assert hook.default_conn_name == "pacifica_cartd_default"
+
+
+def test_declared_connection_fields_are_exactly_the_extras_the_hook_accepts():
+    from airflow_provider_pacifica.connection import EXTRA_FIELDS
+
+    (conn,) = get_provider_info()["connection-types"]
+    assert set(conn["conn-fields"]) == set(EXTRA_FIELDS)
+    assert conn["conn-fields"]["token"]["schema"]["format"] == "password"
+
+
+def test_airflow_lists_the_connection_type_and_its_fields():
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    manager.initialize_providers_hooks()
+    assert "airflow-provider-pacifica" in manager.providers
+    assert "extra__pacifica_cartd__token" in manager.connection_form_widgets
+    assert manager.connection_form_widgets["extra__pacifica_cartd__token"].is_sensitive
+    assert manager.field_behaviours["pacifica_cartd"]["relabeling"]["host"] == "Cartd host"
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_example_dags_import_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert {"pacifica_cloudevent_download", "pacifica_cart_sensor"} <= set(dagbag.dag_ids)
+
+
+def test_example_dags_are_documented_and_serialize(dagbag):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    for dag_id in ("pacifica_cloudevent_download", "pacifica_cart_sensor"):
+        dag = dagbag.dags[dag_id]
+        assert dag.doc_md and len(dag.doc_md) > 100
+        DagSerialization.to_dict(dag)
+
+
+def test_the_cloudevent_dag_is_scheduled_on_the_pacifica_ingest_asset_and_waits_deferred(dagbag):
+    dag = dagbag.dags["pacifica_cloudevent_download"]
+    assert [a.uri for a in dag.timetable.asset_condition.objects] == ["pacifica://metadata/ingest"]
+    assert dag.get_task("download").deferrable is True
+    assert dagbag.dags["pacifica_cart_sensor"].get_task("wait_for_cart").deferrable is True
+
+
+def test_airflow_cli_lists_the_hook(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    airflow = Path(sys.executable).parent / "airflow"
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(airflow), "providers", "hooks", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    (listing,) = [line for line in result.stdout.splitlines() if line.startswith("[{")]  # logs may precede it
+    hooks = {row["connection_type"]: row for row in json.loads(listing)}
+    assert hooks["pacifica_cartd"]["class"] == "airflow_provider_pacifica.hooks.cartd.PacificaCartdHook"
+    assert hooks["pacifica_cartd"]["conn_id_attribute_name"] == "pacifica_conn_id"
