@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -66,6 +67,8 @@ class PacificaDownloadOperator(BaseOperator):
     :param bundle: ask Cartd for a pre-built tar (bundle mode).
     :param download_attempts: how many times a broken download stream is restarted.
     :param progress_interval: seconds between progress lines in the task log.
+    :param diagnose_max_files: when Cartd fails a cart of at most this many files, stage each
+        file alone to name the ones that failed (0 turns this off).
     """
 
     template_fields: Sequence[str] = (
@@ -93,6 +96,7 @@ class PacificaDownloadOperator(BaseOperator):
         bundle: bool = False,
         download_attempts: int = 3,
         progress_interval: float = 5.0,
+        diagnose_max_files: int = 16,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -122,6 +126,7 @@ class PacificaDownloadOperator(BaseOperator):
         self.bundle = bundle
         self.download_attempts = max(1, download_attempts)
         self.progress_interval = progress_interval
+        self.diagnose_max_files = diagnose_max_files
 
     @property
     def hook(self) -> PacificaCartdHook:
@@ -184,6 +189,8 @@ class PacificaDownloadOperator(BaseOperator):
             files, _ = self.requested_files()
             self.hook.create_cart(files, cart_uid=cart_uid, bundle=self.bundle)
             self._defer(cart_uid, recreated=True)
+        if status == "error" and cart_uid:
+            self._fail_with_culprits(self.hook, cart_uid, str(event.get("message")))
         if status != "ready":
             raise AirflowFailException(f"cart {cart_uid}: {event.get('message')}")
         return self._download(self.hook, cart_uid, context, recreated=recreated)
@@ -221,7 +228,7 @@ class PacificaDownloadOperator(BaseOperator):
             if status.ready:
                 return status
             if status.failed:
-                raise AirflowFailException(f"cart {cart_uid} failed: {status.message}")
+                self._fail_with_culprits(hook, cart_uid, f"cart {cart_uid} failed: {status.message}")
             if status.missing:
                 raise AirflowFailException(f"cart {cart_uid} is missing: {status.message}")
             if time.monotonic() + interval > deadline:
@@ -229,6 +236,27 @@ class PacificaDownloadOperator(BaseOperator):
             self.log.info("Cart %s is %s; next poll in %.1fs", cart_uid, status.state, interval)
             time.sleep(interval)
             interval = min(interval * 1.5, self.max_poll_interval)
+
+    def _fail_with_culprits(self, hook: PacificaCartdHook, cart_uid: str, message: str) -> NoReturn:
+        """Fail the task, naming the files that broke the cart.
+
+        Cartd's message says what failed ("File hash does not match provided hash") but not for
+        which file, and one bad file fails the whole cart. For carts of up to
+        ``diagnose_max_files`` files each file is staged alone in a probe cart, in parallel, to
+        name the culprits; bigger carts are not re-staged (tape recalls are expensive).
+        """
+        files, _ = self.requested_files()
+        if len(files) == 1:
+            culprits = [(files[0], message)]
+        elif len(files) <= self.diagnose_max_files:
+            self.log.info("Cart %s failed; staging its %d files one by one to find the culprit", cart_uid, len(files))
+            culprits = probe_files(hook, cart_uid, files, timeout=min(self.timeout, 300.0))
+        else:
+            culprits = []
+        if culprits:
+            named = "; ".join(f"{f.path!r} (id {f.id!r}): {why}" for f, why in culprits)
+            raise AirflowFailException(f"{message}; failing file(s): {named}")
+        raise AirflowFailException(f"{message}; the cart held {len(files)} files, none was singled out")
 
     def _download(
         self, hook: PacificaCartdHook, cart_uid: str, context: Context, recreated: bool = False
@@ -290,3 +318,31 @@ class PacificaDownloadOperator(BaseOperator):
             "files": [f.to_dict() for f in extracted],
             "event": event_summary,
         }
+
+
+def probe_files(
+    hook: PacificaCartdHook, cart_uid: str, files: Sequence[CartFile], timeout: float = 300.0
+) -> list[tuple[CartFile, str]]:
+    """Stage each file in a cart of its own; return the files whose cart failed, with Cartd's message."""
+    probes = {f"{cart_uid}-probe-{index}": file for index, file in enumerate(files)}
+    for probe_uid, file in probes.items():
+        hook.create_cart([file], cart_uid=probe_uid)
+    culprits: list[tuple[CartFile, str]] = []
+    pending = dict(probes)
+    deadline = time.monotonic() + timeout
+    try:
+        while pending and time.monotonic() < deadline:
+            for probe_uid, file in list(pending.items()):
+                status = hook.cart_status(probe_uid)
+                if status.pending:
+                    continue
+                del pending[probe_uid]
+                if not status.ready:
+                    culprits.append((file, status.message or status.state))
+            if pending:
+                time.sleep(0.5)
+    finally:
+        for probe_uid in probes:
+            with contextlib.suppress(CartdTransientError):
+                hook.delete_cart(probe_uid)
+    return sorted(culprits, key=lambda culprit: files.index(culprit[0]))

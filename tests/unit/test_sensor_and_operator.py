@@ -269,11 +269,37 @@ def test_a_broken_stream_is_restarted_then_succeeds(http_server, cartd_conn, tmp
 
 
 def test_execute_complete_fails_with_cartds_message(tmp_path):
-    op = PacificaDownloadOperator(task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()])
-    with pytest.raises(AirflowFailException, match="cart c: cart c failed: Failed to pull file"):
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()], diagnose_max_files=0
+    )
+    with pytest.raises(AirflowFailException, match="cart c failed: Failed to pull file; the cart held 4 files"):
         op.execute_complete(
             make_context(), {"status": "error", "message": "cart c failed: Failed to pull file"}, cart_uid="c"
         )
+
+
+def test_a_failed_cart_is_probed_file_by_file_to_name_the_culprit(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    files = cart_files()
+
+    def handler(request):
+        if request.method == "HEAD":
+            if request.path.endswith("-probe-2"):
+                return cartd_head("error", "Failed to pull file(File hash does not match provided hash)")
+            return cartd_head("ready")
+        return Reply(201 if request.method == "POST" else 200)
+
+    http_server.handler = handler
+    op = PacificaDownloadOperator(task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in files])
+    with pytest.raises(AirflowFailException) as failure:
+        op.execute_complete(make_context(), {"status": "error", "message": "cart c failed: hash"}, cart_uid="c")
+    assert str(failure.value) == (
+        f"cart c failed: hash; failing file(s): {files[2].path!r} (id {files[2].id!r}): "
+        "Failed to pull file(File hash does not match provided hash)"
+    )
+    methods = [(r.method, r.path) for r in http_server.requests]
+    assert [m for m in methods if m[0] == "POST"] == [("POST", f"/c-probe-{i}") for i in range(4)]
+    assert sorted(m for m in methods if m[0] == "DELETE") == [("DELETE", f"/c-probe-{i}") for i in range(4)]
 
 
 def test_a_cart_purged_while_waiting_is_created_once_more(http_server, cartd_conn, tmp_path):
