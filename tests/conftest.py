@@ -6,13 +6,16 @@ module imports it: a throwaway AIRFLOW_HOME, no example DAGs, the project's dags
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 _HOME = tempfile.mkdtemp(prefix="pacifica-airflow-home-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["AIRFLOW_HOME"] = _HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
@@ -67,3 +70,11 @@ def cartd_conn(http_server, set_connection):
 
 def load_fixture(name: str):
     return json.loads((REPO / "tests" / "fixtures" / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Airflow's metadata DB (sqlite in the throwaway AIRFLOW_HOME), needed by dag.test()."""
+    from airflow.utils.db import initdb
+
+    initdb()
