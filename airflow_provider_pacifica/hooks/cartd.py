@@ -292,6 +292,23 @@ class PacificaCartdHook(HttpHook):
         finally:
             response.close()
 
+    @contextlib.contextmanager
+    def read_cart(self, cart_uid: str, filename: str = "data.tar", max_resumes: int = 5) -> Iterator[CartReader]:
+        """Open the cart's tar as a readable stream that resumes after a dropped connection.
+
+        When Cartd serves a sized tar with ``Accept-Ranges: bytes`` (bundle mode), a connection
+        reset or read timeout is resumed with ``Range`` from the last byte received, up to
+        ``max_resumes`` times, after checking that the tar is still the same one (size and
+        ``Last-Modified``; Cartd ignores ``If-Range``). A streaming-mode tar cannot be resumed:
+        its failures surface so the caller can restart from the beginning.
+        """
+        reader = CartReader(self, cart_uid, filename, max_resumes)
+        try:
+            reader.open()
+            yield reader
+        finally:
+            reader.close()
+
     def delete_cart(self, cart_uid: str) -> bool:
         """Delete the cart; ``False`` when Cartd had no such cart (already gone)."""
         validate_cart_uid(cart_uid)
@@ -386,6 +403,88 @@ class PacificaCartdHook(HttpHook):
                 return parse_head_response(cart_uid, response.status, response.headers)
         except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as err:
             raise CartdTransientError(f"HEAD cart {cart_uid}: {type(err).__name__}: {shorten(str(err))}") from err
+
+
+class CartReader:
+    """A cart's tar as a file-like ``read()`` stream; see :meth:`PacificaCartdHook.read_cart`."""
+
+    def __init__(self, hook: PacificaCartdHook, cart_uid: str, filename: str, max_resumes: int) -> None:
+        self.hook = hook
+        self.cart_uid = cart_uid
+        self.filename = filename
+        self.max_resumes = max_resumes
+        self.offset = 0
+        self.resumes = 0
+        self.size: int | None = None
+        self._identity: tuple[str | None, str | None] = (None, None)
+        self._stack = contextlib.ExitStack()
+        self._response: requests.Response | None = None
+
+    @property
+    def resumable(self) -> bool:
+        return self.size is not None and self._identity[0] == "bytes"
+
+    def open(self) -> None:
+        response = self._stack.enter_context(self.hook.open_cart_stream(self.cart_uid, self.filename))
+        length = response.headers.get("Content-Length")
+        self.size = int(length) if length and length.isdigit() else None
+        self._identity = (response.headers.get("Accept-Ranges"), response.headers.get("Last-Modified"))
+        self._response = response
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            if self._response is None:
+                raise CartdError(f"cart {self.cart_uid}: the download is closed")
+            try:
+                data = self._response.raw.read(size)
+            except Exception as err:  # urllib3 ProtocolError / ReadTimeoutError, OSError
+                if not self._can_resume():
+                    raise
+                self._resume(err)
+                continue
+            if not data and size != 0 and self.size is not None and self.offset < self.size:
+                if not self._can_resume():
+                    raise CartdTransientError(
+                        f"cart {self.cart_uid}: stream ended at byte {self.offset} of {self.size}"
+                    )
+                self._resume(EOFError(f"stream ended at byte {self.offset}"))
+                continue
+            self.offset += len(data)
+            return data
+
+    def _can_resume(self) -> bool:
+        return self.resumable and self.resumes < self.max_resumes
+
+    def _resume(self, error: BaseException) -> None:
+        self.resumes += 1
+        self.hook.log.warning(
+            "Cart %s: download broke at byte %d of %s (%s); resuming (%d/%d)",
+            self.cart_uid,
+            self.offset,
+            self.size,
+            error,
+            self.resumes,
+            self.max_resumes,
+        )
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+        self._response = None
+        time.sleep(_backoff(self.resumes - 1, self.hook.config.retry_backoff))
+        response = self._stack.enter_context(
+            self.hook.open_cart_stream(self.cart_uid, self.filename, offset=self.offset)
+        )
+        expected_range = f"bytes {self.offset}-{(self.size or 0) - 1}/{self.size}"
+        same_tar = response.headers.get("Last-Modified") == self._identity[1]
+        if response.status_code != 206 or response.headers.get("Content-Range") != expected_range or not same_tar:
+            raise CartdTransientError(
+                f"cart {self.cart_uid}: cannot resume at byte {self.offset} (HTTP {response.status_code}, "
+                f"Content-Range {response.headers.get('Content-Range')!r}); the download must restart"
+            )
+        self._response = response
+
+    def close(self) -> None:
+        self._stack.close()
+        self._response = None
 
 
 @dataclass

@@ -65,7 +65,10 @@ class PacificaDownloadOperator(BaseOperator):
     :param timeout: seconds to wait for the cart to be ready before failing.
     :param delete_cart: delete the cart from Cartd once the files are published.
     :param bundle: ask Cartd for a pre-built tar (bundle mode).
-    :param download_attempts: how many times a broken download stream is restarted.
+    :param download_attempts: how many times a download is started from the beginning when its
+        stream breaks (the only remedy in Cartd's default streaming mode).
+    :param max_resumes: with ``bundle=True``, how many times a broken download is resumed with an
+        HTTP Range request from the last byte received, before it is restarted.
     :param progress_interval: seconds between progress lines in the task log.
     :param diagnose_max_files: when Cartd fails a cart of at most this many files, stage each
         file alone to name the ones that failed (0 turns this off).
@@ -97,6 +100,7 @@ class PacificaDownloadOperator(BaseOperator):
         download_attempts: int = 3,
         progress_interval: float = 5.0,
         diagnose_max_files: int = 16,
+        max_resumes: int = 5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -127,6 +131,7 @@ class PacificaDownloadOperator(BaseOperator):
         self.download_attempts = max(1, download_attempts)
         self.progress_interval = progress_interval
         self.diagnose_max_files = diagnose_max_files
+        self.max_resumes = max_resumes
 
     @property
     def hook(self) -> PacificaCartdHook:
@@ -266,9 +271,9 @@ class PacificaDownloadOperator(BaseOperator):
         top_dir = cart_uid if self.bundle else DOWNLOAD_NAME
         for attempt in range(1, self.download_attempts + 1):
             try:
-                with hook.open_cart_stream(cart_uid, filename=f"{DOWNLOAD_NAME}.tar") as response:
+                with hook.read_cart(cart_uid, filename=f"{DOWNLOAD_NAME}.tar", max_resumes=self.max_resumes) as reader:
                     extracted = extract_cart(
-                        response.raw,  # type: ignore[arg-type]  # urllib3's HTTPResponse reads like IO[bytes]
+                        reader,  # type: ignore[arg-type]  # read() is all a tar stream needs
                         files,
                         destination,
                         top_dir,
