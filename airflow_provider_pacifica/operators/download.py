@@ -38,6 +38,11 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 DOWNLOAD_NAME = "data"  # Cartd streams the tar under a top directory named after ?filename=
+RECREATED_SUFFIX = "-r1"  # marks the one re-creation of a cart that Cartd lost
+
+
+def is_recreated(cart_uid: str) -> bool:
+    return cart_uid.endswith(RECREATED_SUFFIX)
 
 
 class PacificaDownloadOperator(BaseOperator):
@@ -174,31 +179,29 @@ class PacificaDownloadOperator(BaseOperator):
         status = self._ensure_cart(hook, cart_uid, files)
         if not status.ready:
             if self.deferrable:
-                self._defer(cart_uid, recreated=False)
+                self._defer(cart_uid)
             status = self._wait_on_worker(hook, cart_uid)
         return self._download(hook, cart_uid, context)
 
-    def execute_complete(
-        self,
-        context: Context,
-        event: dict[str, Any] | None = None,
-        cart_uid: str = "",
-        recreated: bool = False,
-    ) -> dict[str, Any]:
-        """Resume after :class:`CartReadyTrigger`: download when ready, fail with Cartd's message otherwise."""
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after :class:`CartReadyTrigger`: download when ready, fail with Cartd's message otherwise.
+
+        Everything needed comes from the event (its ``cart_uid``) or is derived again: deferral
+        kwargs are not relied upon (``dag.test()`` drops them).
+        """
         event = event or {"status": "error", "message": "the trigger sent no event"}
         status = event.get("status")
-        if status == "missing" and not recreated:
+        files, _ = self.requested_files()
+        cart_uid = str(event.get("cart_uid") or self.cart_uid_for(context, files))
+        if status == "missing" and not is_recreated(cart_uid):
             # Cartd's LRU may purge a cart while it waits: stage it once more, then wait again.
             self.log.warning("Cart %s vanished while waiting (%s); creating it again", cart_uid, event.get("message"))
-            files, _ = self.requested_files()
-            self.hook.create_cart(files, cart_uid=cart_uid, bundle=self.bundle)
-            self._defer(cart_uid, recreated=True)
-        if status == "error" and cart_uid:
+            self._recreate(self.hook, cart_uid, files)
+        if status == "error":
             self._fail_with_culprits(self.hook, cart_uid, str(event.get("message")))
         if status != "ready":
             raise AirflowFailException(f"cart {cart_uid}: {event.get('message')}")
-        return self._download(self.hook, cart_uid, context, recreated=recreated)
+        return self._download(self.hook, cart_uid, context)
 
     def _ensure_cart(self, hook: PacificaCartdHook, cart_uid: str, files: Sequence[CartFile]) -> CartStatus:
         """Reuse this task instance's cart if Cartd still has it; create it otherwise."""
@@ -211,7 +214,16 @@ class PacificaDownloadOperator(BaseOperator):
         hook.create_cart(files, cart_uid=cart_uid, bundle=self.bundle)
         return hook.cart_status(cart_uid)
 
-    def _defer(self, cart_uid: str, *, recreated: bool) -> None:
+    def _recreate(self, hook: PacificaCartdHook, cart_uid: str, files: Sequence[CartFile]) -> dict[str, Any]:
+        """Stage a lost cart once more, under a marked uid, then wait for it (deferred or here)."""
+        new_uid = cart_uid + RECREATED_SUFFIX
+        hook.create_cart(files, cart_uid=new_uid, bundle=self.bundle)
+        if self.deferrable:
+            self._defer(new_uid)
+        self._wait_on_worker(hook, new_uid)
+        return {"cart_uid": new_uid}
+
+    def _defer(self, cart_uid: str) -> NoReturn:
         self.defer(
             trigger=CartReadyTrigger(
                 cart_uid=cart_uid,
@@ -220,7 +232,6 @@ class PacificaDownloadOperator(BaseOperator):
                 max_poll_interval=self.max_poll_interval,
             ),
             method_name="execute_complete",
-            kwargs={"cart_uid": cart_uid, "recreated": recreated},
             timeout=timedelta(seconds=self.timeout),
         )
 
@@ -263,9 +274,7 @@ class PacificaDownloadOperator(BaseOperator):
             raise AirflowFailException(f"{message}; failing file(s): {named}")
         raise AirflowFailException(f"{message}; the cart held {len(files)} files, none was singled out")
 
-    def _download(
-        self, hook: PacificaCartdHook, cart_uid: str, context: Context, recreated: bool = False
-    ) -> dict[str, Any]:
+    def _download(self, hook: PacificaCartdHook, cart_uid: str, context: Context) -> dict[str, Any]:
         files, event_summary = self.requested_files()
         destination = Path(self.destination)
         top_dir = cart_uid if self.bundle else DOWNLOAD_NAME
@@ -289,14 +298,11 @@ class PacificaDownloadOperator(BaseOperator):
                     f"cart {cart_uid} is not downloadable ({status.state}: {status.message})"
                 ) from err
             except CartNotFoundError as err:
-                if recreated:
+                if is_recreated(cart_uid):
                     raise AirflowFailException(f"cart {cart_uid} vanished twice; giving up: {err}") from err
                 self.log.warning("Cart %s vanished before download (%s); creating it again", cart_uid, err)
-                hook.create_cart(files, cart_uid=cart_uid, bundle=self.bundle)
-                if self.deferrable:
-                    self._defer(cart_uid, recreated=True)
-                self._wait_on_worker(hook, cart_uid)
-                return self._download(hook, cart_uid, context, recreated=True)
+                new_uid = self._recreate(hook, cart_uid, files)["cart_uid"]
+                return self._download(hook, new_uid, context)
             except (StreamError, CartdTransientError) as err:
                 if attempt == self.download_attempts:
                     raise AirflowException(f"cart {cart_uid}: download failed {attempt} times: {err}") from err

@@ -145,7 +145,7 @@ def test_operator_creates_the_cart_on_the_worker_and_defers(http_server, cartd_c
     assert [r.method for r in http_server.requests] == ["HEAD", "POST", "HEAD"]
     cart_uid = http_server.requests[1].path.lstrip("/")
     assert isinstance(deferred.value.trigger, CartReadyTrigger)
-    assert deferred.value.kwargs == {"cart_uid": cart_uid, "recreated": False}
+    assert deferred.value.trigger.cart_uid == cart_uid
     assert deferred.value.timeout == timedelta(seconds=600)
     body = json.loads(http_server.requests[1].body)
     assert [f["path"] for f in body["fileids"]] == list(CONTENTS)
@@ -274,7 +274,7 @@ def test_execute_complete_fails_with_cartds_message(tmp_path):
     )
     with pytest.raises(AirflowFailException, match="cart c failed: Failed to pull file; the cart held 4 files"):
         op.execute_complete(
-            make_context(), {"status": "error", "message": "cart c failed: Failed to pull file"}, cart_uid="c"
+            make_context(), {"status": "error", "message": "cart c failed: Failed to pull file", "cart_uid": "c"}
         )
 
 
@@ -292,7 +292,7 @@ def test_a_failed_cart_is_probed_file_by_file_to_name_the_culprit(http_server, c
     http_server.handler = handler
     op = PacificaDownloadOperator(task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in files])
     with pytest.raises(AirflowFailException) as failure:
-        op.execute_complete(make_context(), {"status": "error", "message": "cart c failed: hash"}, cart_uid="c")
+        op.execute_complete(make_context(), {"status": "error", "message": "cart c failed: hash", "cart_uid": "c"})
     assert str(failure.value) == (
         f"cart c failed: hash; failing file(s): {files[2].path!r} (id {files[2].id!r}): "
         "Failed to pull file(File hash does not match provided hash)"
@@ -309,8 +309,8 @@ def test_a_cart_purged_while_waiting_is_created_once_more(http_server, cartd_con
         task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()], deferrable=True
     )
     with pytest.raises(TaskDeferred) as deferred:
-        op.execute_complete(make_context(), {"status": "missing", "message": "gone"}, cart_uid="c", recreated=False)
-    assert deferred.value.kwargs == {"cart_uid": "c", "recreated": True}
-    assert [r.method for r in http_server.requests] == ["POST"]
+        op.execute_complete(make_context(), {"status": "missing", "message": "gone", "cart_uid": "c"})
+    assert deferred.value.trigger.cart_uid == "c-r1"
+    assert [(r.method, r.path) for r in http_server.requests] == [("POST", "/c-r1")]
     with pytest.raises(AirflowFailException, match="gone"):
-        op.execute_complete(make_context(), {"status": "missing", "message": "gone"}, cart_uid="c", recreated=True)
+        op.execute_complete(make_context(), {"status": "missing", "message": "gone", "cart_uid": "c-r1"})

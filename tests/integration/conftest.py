@@ -1,0 +1,66 @@
+"""The real Cartd stack for integration tests, started once per session by scripts/cartd-stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = REPO / "scripts" / "cartd-stack"
+
+
+@dataclass(frozen=True)
+class CartdStack:
+    """URLs of the running stack, and the archive PUT that loads files into it."""
+
+    cartd_url: str
+    archive_url: str
+    workdir: Path
+
+    def put(self, file_id: str | int, data: bytes) -> None:
+        response = requests.put(
+            f"{self.archive_url}/{file_id}",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},  # a form type makes CherryPy parse the body
+            timeout=60,
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"archive PUT {file_id}: HTTP {response.status_code}: {response.text[:300]}")
+
+    def restart(self, service: str) -> None:
+        run_stack("restart", "--workdir", str(self.workdir), "--service", service)
+
+
+def run_stack(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, str(STACK), *args], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.fail(f"scripts/cartd-stack {args[0]} failed:\n{result.stderr[-4000:]}", pytrace=False)
+    return result
+
+
+def start_stack(workdir: Path, *options: str):
+    result = run_stack("start", "--workdir", str(workdir), *options)
+    values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return CartdStack(values["CARTD_URL"], values["ARCHIVE_URL"], workdir)
+
+
+@pytest.fixture(scope="session")
+def cartd_stack(tmp_path_factory):
+    """The real Cartd 0.7.0 + archive interface 0.4.2 on 127.0.0.1 (fails, never skips, if it cannot start)."""
+    workdir = tmp_path_factory.mktemp("cartd-stack")
+    try:
+        yield start_stack(workdir)
+    finally:
+        subprocess.run([sys.executable, str(STACK), "stop", "--workdir", str(workdir)], timeout=120, check=False)
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
