@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -54,11 +55,13 @@ def main() -> int:
         return 1
     stack = dict(line.split("=", 1) for line in started.stdout.splitlines() if "=" in line)
     print(f"Cartd at {stack['CARTD_URL']}, archive interface at {stack['ARCHIVE_URL']}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the stack
     try:
         return run_demo(workdir, output, stack)
     finally:
-        step("Stopping the Cartd stack")
+        # Stop first: printing can fail (a closed pipe) and must not leave the stack running.
         subprocess.run([sys.executable, STACK, "stop", "--workdir", str(workdir / "stack")], check=False)
+        step("Stopped the Cartd stack")
 
 
 def run_demo(workdir: Path, output: Path, stack: dict[str, str]) -> int:
