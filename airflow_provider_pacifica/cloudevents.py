@@ -27,6 +27,8 @@ __all__ = [
     "CartFile",
     "CloudEventError",
     "PacificaEvent",
+    "cloudevent_from_http",
+    "compact_cloudevent",
     "files_from_cloudevent",
     "files_from_list",
     "files_from_transaction_info",
@@ -180,6 +182,52 @@ def files_from_list(records: Iterable[Mapping[str, Any] | CartFile]) -> list[Car
         files.append(_make_file(record["id"], path, record, where))
     _check_file_set(files, "file list")
     return files
+
+
+def cloudevent_from_http(content_type: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """The CloudEvent carried by an HTTP request, in any mode Pacifica or a CloudEvents SDK uses.
+
+    * structured mode: ``application/json`` (what pacifica-notifications sends, spec 0.1) or
+      ``application/cloudevents+json``: the body is the whole event;
+    * binary mode (spec 1.0): attributes in ``ce-*`` headers, the body is ``data``.
+
+    :param content_type: the request's media type, without parameters, lower case.
+    :param headers: the request headers (any case).
+    :raises CloudEventError: a body that is not JSON, or binary mode without ``ce-specversion``.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    if "ce-specversion" in lowered:
+        envelope: dict[str, Any] = {
+            name[3:]: value for name, value in lowered.items() if name.startswith("ce-") and len(name) > 3
+        }
+        envelope["datacontenttype"] = content_type
+        envelope["data"] = _load_json(body, "CloudEvent data")
+        return envelope
+    event = _load_json(body, "CloudEvent")
+    if not isinstance(event, dict):
+        raise CloudEventError(f"CloudEvent must be a JSON object, got {type(event).__name__}")
+    return event
+
+
+_KEPT_FILE_FIELDS = ("destinationTable", "_id", "name", "subdir", "size", "hashtype", "hashsum")
+
+
+def compact_cloudevent(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event with only what a download needs: envelope, ``Transactions.*`` records, trimmed Files.
+
+    Asset-event extras are stored on every event row and shown in the UI, so they are kept small.
+    """
+    data = event.get("data")
+    if isinstance(data, str | bytes):
+        data = _load_json(data, "CloudEvent 'data'")
+    kept = []
+    for record in data if isinstance(data, list) else []:
+        table = record.get("destinationTable") if isinstance(record, Mapping) else None
+        if table == "Files":
+            kept.append({key: record[key] for key in _KEPT_FILE_FIELDS if key in record})
+        elif isinstance(table, str) and table.startswith("Transactions."):
+            kept.append(dict(record))
+    return {**{key: value for key, value in event.items() if key != "data"}, "data": kept}
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ def _number(label: str, description: str, default: float, *, integer: bool = Fal
     }
 
 
+def _option(description: str, default: str, kind: str = "string") -> dict[str, Any]:
+    return {"description": description, "version_added": "0.1.0", "type": kind, "example": None, "default": default}
+
+
 CONN_FIELDS: dict[str, Any] = {
     "token": _text("Bearer token", "Sent as 'Authorization: Bearer <token>' (instead of login/password).", secret=True),
     "client_cert": _text("Client certificate", "Path of a PEM certificate for TLS client authentication."),
@@ -67,6 +71,32 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_pacifica.operators.download"],
             }
         ],
+        "plugins": [
+            {
+                "name": "pacifica_webhook",
+                "plugin-class": "airflow_provider_pacifica.plugins.webhook.PacificaWebhookPlugin",
+            }
+        ],
+        "asset-uris": [{"schemes": ["pacifica"], "handler": "airflow_provider_pacifica.assets.sanitize_uri"}],
+        "config": {
+            "pacifica": {
+                "description": "The Pacifica Notifications webhook mounted on the api-server at /pacifica/events.",
+                "options": {
+                    "webhook_conn_id": _option(
+                        "Connection holding the webhook's credentials: login/password for basic auth and/or "
+                        "extra 'token' for a bearer token. Without them every event is refused.",
+                        "pacifica_webhook_default",
+                    ),
+                    "webhook_asset_uri": _option(
+                        "Asset on which received ingest events are recorded (a ?asset= query overrides it).",
+                        "pacifica://metadata/ingest",
+                    ),
+                    "webhook_max_body_bytes": _option(
+                        "Largest accepted request body; larger ones get 413.", str(4 * 1024 * 1024), "integer"
+                    ),
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "pacifica_cartd",
