@@ -20,6 +20,7 @@ from airflow_provider_pacifica.cloudevents import (
     parse_cloudevent,
 )
 from airflow_provider_pacifica.exceptions import (
+    CartdError,
     CartdTransientError,
     CartNotFoundError,
     CartNotReadyError,
@@ -28,7 +29,7 @@ from airflow_provider_pacifica.exceptions import (
     UnsafeMemberError,
     VerificationError,
 )
-from airflow_provider_pacifica.extraction import extract_cart
+from airflow_provider_pacifica.extraction import ExtractedFile, extract_cart, verify_published
 from airflow_provider_pacifica.hooks.cartd import CartStatus, PacificaCartdHook
 from airflow_provider_pacifica.triggers.cartd import CartReadyTrigger
 
@@ -75,6 +76,8 @@ class PacificaDownloadOperator(BaseOperator):
     :param max_resumes: with ``bundle=True``, how many times a broken download is resumed with an
         HTTP Range request from the last byte received, before it is restarted.
     :param progress_interval: seconds between progress lines in the task log.
+    :param skip_if_present: when every file is already in ``destination`` with the right size and
+        hash (a retry after a successful download), return the manifest without downloading.
     :param diagnose_max_files: when Cartd fails a cart of at most this many files, stage each
         file alone to name the ones that failed (0 turns this off).
     """
@@ -106,6 +109,7 @@ class PacificaDownloadOperator(BaseOperator):
         progress_interval: float = 5.0,
         diagnose_max_files: int = 16,
         max_resumes: int = 5,
+        skip_if_present: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -137,6 +141,7 @@ class PacificaDownloadOperator(BaseOperator):
         self.progress_interval = progress_interval
         self.diagnose_max_files = diagnose_max_files
         self.max_resumes = max_resumes
+        self.skip_if_present = skip_if_present
 
     @property
     def hook(self) -> PacificaCartdHook:
@@ -173,9 +178,16 @@ class PacificaDownloadOperator(BaseOperator):
     # -- execution ------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        files, _ = self.requested_files()
+        files, event_summary = self.requested_files()
         cart_uid = self.cart_uid_for(context, files)
         hook = self.hook
+        if self.skip_if_present and (present := verify_published(files, self.destination)) is not None:
+            # A retry after the files were published (e.g. the XCom push failed): no second download.
+            self.log.info(
+                "All %d file(s) are already in %s with the right hashes; not downloading", len(files), self.destination
+            )
+            self._delete(hook, cart_uid)
+            return self._manifest(cart_uid, present, event_summary)
         status = self._ensure_cart(hook, cart_uid, files)
         if not status.ready:
             if self.deferrable:
@@ -314,18 +326,32 @@ class PacificaDownloadOperator(BaseOperator):
                     self.download_attempts,
                 )
 
-        total = sum(f.size for f in extracted)
-        self.log.info("Published %d verified file(s), %d bytes, to %s", len(extracted), total, destination.absolute())
-        if self.delete_cart:
-            try:
-                hook.delete_cart(cart_uid)
-            except CartdTransientError as err:  # the data is safe; Cartd's LRU will reclaim the cart
-                self.log.warning("Could not delete cart %s: %s", cart_uid, err)
+        manifest = self._manifest(cart_uid, extracted, event_summary)
+        self.log.info(
+            "Published %d verified file(s), %d bytes, to %s",
+            manifest["file_count"],
+            manifest["total_bytes"],
+            manifest["destination"],
+        )
+        self._delete(hook, cart_uid)
+        return manifest
+
+    def _delete(self, hook: PacificaCartdHook, cart_uid: str) -> None:
+        if not self.delete_cart:
+            return
+        try:
+            hook.delete_cart(cart_uid)
+        except CartdError as err:  # the data is safe; Cartd's LRU will reclaim the cart
+            self.log.warning("Could not delete cart %s: %s", cart_uid, err)
+
+    def _manifest(
+        self, cart_uid: str, extracted: Sequence[ExtractedFile], event_summary: dict[str, Any] | None
+    ) -> dict[str, Any]:
         return {
-            "destination": str(destination.absolute()),
+            "destination": str(Path(self.destination).absolute()),
             "cart_uid": cart_uid,
             "file_count": len(extracted),
-            "total_bytes": total,
+            "total_bytes": sum(f.size for f in extracted),
             "files": [f.to_dict() for f in extracted],
             "event": event_summary,
         }

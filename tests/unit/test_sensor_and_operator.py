@@ -314,3 +314,30 @@ def test_a_cart_purged_while_waiting_is_created_once_more(http_server, cartd_con
     assert [(r.method, r.path) for r in http_server.requests] == [("POST", "/c-r1")]
     with pytest.raises(AirflowFailException, match="gone"):
         op.execute_complete(make_context(), {"status": "missing", "message": "gone", "cart_uid": "c-r1"})
+
+
+def test_a_retry_after_a_successful_publish_does_not_download_again(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    serve_cart(http_server, build_tar())
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path / "dest"), files=[f.to_dict() for f in cart_files()]
+    )
+    first = op.execute(make_context())
+    http_server.requests.clear()
+    second = op.execute(make_context())
+    assert second == first
+    assert [r.method for r in http_server.requests] == ["DELETE"]  # no HEAD, POST or GET
+
+
+def test_a_changed_file_in_the_destination_means_a_new_download(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    serve_cart(http_server, build_tar())
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path / "dest"), files=[f.to_dict() for f in cart_files()]
+    )
+    op.execute(make_context())
+    (tmp_path / "dest" / "a" / "b.txt").write_bytes(b"HELLO pacifica\n")  # same size, other bytes
+    http_server.requests.clear()
+    op.execute(make_context())
+    assert "GET" in [r.method for r in http_server.requests]
+    assert (tmp_path / "dest" / "a" / "b.txt").read_bytes() == CONTENTS["a/b.txt"]
