@@ -9,6 +9,7 @@ would send it as one and leak whatever it holds).
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -192,6 +193,14 @@ class CartdConnectionConfig:
     def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate a request (bearer token); basic auth is done by the client."""
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def check_files(self) -> None:
+        """Fail clearly when a configured certificate, key or CA file is missing (the key's path stays secret)."""
+        for name, path in (("client_cert", self.client_cert), ("ca_bundle", self.ca_bundle)):
+            if path and not os.path.isfile(path):
+                raise InvalidInputError(f"connection extra {name!r}: {path} is not a readable file")
+        if self.client_key and not os.path.isfile(self.client_key):
+            raise InvalidInputError("connection extra 'client_key' is not a readable file (its path is not shown)")
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """An SSL context for aiohttp that matches :attr:`verify_option` and :attr:`cert`."""

@@ -195,6 +195,7 @@ class PacificaCartdHook(HttpHook):
     ) -> requests.Session:
         """A ``requests.Session`` with the connection's auth, TLS and proxies (extras never become headers)."""
         config = self.config
+        config.check_files()
         self.base_url = config.base_url
         session = requests.Session()
         session.headers["User-Agent"] = USER_AGENT
@@ -497,6 +498,7 @@ _SHARED_SESSIONS: dict[tuple[int, tuple[Any, ...]], _SharedSession] = {}
 
 
 def _new_async_session(config: CartdConnectionConfig) -> aiohttp.ClientSession:
+    config.check_files()
     auth = aiohttp.BasicAuth(config.login, config.password or "") if config.login else None
     timeout = aiohttp.ClientTimeout(
         total=config.connect_timeout + config.read_timeout,

@@ -290,3 +290,18 @@ async def test_async_sessions_are_shared_within_a_loop(http_server, cartd_conn):
     async with hook_a.async_session() as first, hook_b.async_session() as second:
         assert first is second
     assert first.closed
+
+
+def test_a_missing_client_key_is_reported_without_its_path(cartd_conn, tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    cartd_conn(client_cert=str(cert), client_key="/secret/place/key.pem")
+    with pytest.raises(InvalidInputError, match="'client_key' is not a readable file") as err:
+        PacificaCartdHook().cart_status("c")
+    assert "/secret/place" not in str(err.value)
+
+
+def test_a_missing_ca_bundle_is_reported(cartd_conn):
+    cartd_conn(ca_bundle="/nowhere/ca.pem")
+    with pytest.raises(InvalidInputError, match=r"/nowhere/ca\.pem is not a readable file"):
+        PacificaCartdHook().cart_status("c")
