@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -100,7 +101,7 @@ def extract_cart(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     progress_interval: float = 5.0,
-    durable: bool = True,
+    durable: bool = False,
 ) -> list[ExtractedFile]:
     """Read a cart tar from ``stream`` and publish the verified ``files`` under ``destination``.
 
@@ -111,7 +112,8 @@ def extract_cart(
     :param top_dir: the tar's top directory: the download ``filename`` without ``.tar`` in
         Cartd's streaming mode, the cart uid in bundle mode.
     :param on_progress: called with a :class:`Progress` every ``progress_interval`` seconds and at the end.
-    :param durable: flush the files to disk before they are moved into place.
+    :param durable: fsync every file before it is moved into place, and the directories after
+        (survives a power loss; costs time, most with many small files).
     :raises UnsafeMemberError: a member that must not be extracted.
     :raises VerificationError: wrong size or hash, or a requested file did not arrive.
     :raises StreamError: the stream ended early or is not a tar.
@@ -129,10 +131,9 @@ def extract_cart(
             top_dir,
             on_progress=on_progress,
             progress_interval=progress_interval,
+            durable=durable,
         )
-        if durable:
-            os.sync()  # one flush for all files; fsync per file costs much more for many small files
-        publish(staging / "files", dest, [f.path for f in extracted], backup_dir=staging / "replaced")
+        publish(staging / "files", dest, staging / "replaced", durable=durable)
         return extracted
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -173,6 +174,7 @@ def stage_files(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     progress_interval: float = 5.0,
+    durable: bool = False,
 ) -> list[ExtractedFile]:
     """Write the requested files from the tar ``stream`` into ``staging``, verifying each one."""
     expected = {f.path: f for f in files}
@@ -182,6 +184,8 @@ def stage_files(
     if not top_dir or "/" in top_dir or top_dir in (".", ".."):
         raise InvalidInputError(f"invalid tar top directory {top_dir!r}")
     staging.mkdir(parents=True, exist_ok=False)
+    staging_root = str(staging)
+    made_dirs = {""}
 
     buffer = bytearray(CHUNK_SIZE)
     done: dict[str, ExtractedFile] = {}
@@ -222,8 +226,11 @@ def stage_files(
                 source = archive.extractfile(member)
                 if source is None:  # isreg() members always have data; keep mypy and readers sure
                     raise UnsafeMemberError(f"tar member {member.name!r} has no data")
-                target = staging / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
+                parent, _, _ = relative.rpartition("/")
+                if parent not in made_dirs:
+                    os.makedirs(os.path.join(staging_root, parent), exist_ok=True)
+                    made_dirs.add(parent)
+                target = os.path.join(staging_root, relative)
                 digest = hashlib.new(wanted.hashtype)
                 view = memoryview(buffer)
                 written = 0
@@ -238,6 +245,8 @@ def stage_files(
                         written += count
                         bytes_done += count
                         report()
+                    if durable:
+                        os.fsync(out.fileno())
                 if written != member.size:
                     raise StreamError(f"file {wanted.path!r}: stream ended after {written} of {member.size} bytes")
                 if digest.hexdigest() != wanted.hashsum:
@@ -262,46 +271,63 @@ def stage_files(
     return [done[f.path] for f in files]
 
 
-def publish(staging: Path, destination: Path, paths: Sequence[str], backup_dir: Path) -> None:
-    """Move verified files from ``staging`` into ``destination``; all of them, or none.
+def publish(staging: Path, destination: Path, backup_dir: Path, *, durable: bool = False) -> None:
+    """Move the verified tree ``staging`` into ``destination``: all of it, or nothing.
 
-    Files already at a target path are moved to ``backup_dir`` first and put back if a later
-    move fails, and directories this call created are removed again.
+    A destination that does not exist yet receives the whole tree in one rename. Otherwise the
+    tree is merged: a subtree the destination lacks moves with one rename, a file the destination
+    already has is moved to ``backup_dir`` and replaced. Every conflict is found before anything
+    moves, and on a failure midway every move is undone.
     """
-    for path in paths:  # refuse conflicts before touching anything
-        target = destination / path
-        if target.is_dir() and not target.is_symlink():
-            raise ExtractionError(f"cannot publish {path!r}: {target} is a directory")
-        for parent in target.parents:
-            if parent == destination:  # the destination itself may be a symlink the user chose
-                break
-            if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
-                raise ExtractionError(f"cannot publish {path!r}: {parent} is not a plain directory")
+    plan: list[tuple[str, str]] = []
+    if os.path.lexists(destination):
+        _plan_merge(str(staging), str(destination), "", plan)
+    else:
+        plan.append((str(staging), str(destination)))
 
     undo: list[Callable[[], None]] = []
     try:
-        for path in paths:
-            target = destination / path
-            for parent in reversed(target.parents):
-                if parent == destination.parent or parent in destination.parent.parents:
-                    continue
-                if not parent.exists():
-                    parent.mkdir()
-                    undo.append(lambda p=parent: p.rmdir())  # type: ignore[misc]
-            if target.exists() or target.is_symlink():
-                backup = backup_dir / path
-                backup.parent.mkdir(parents=True, exist_ok=True)
+        for number, (source, target) in enumerate(plan):
+            if os.path.lexists(target):  # a file being replaced: keep it until everything is in place
+                backup = os.path.join(backup_dir, str(number))
+                os.makedirs(backup_dir, exist_ok=True)
                 os.replace(target, backup)
                 undo.append(lambda b=backup, t=target: os.replace(b, t))  # type: ignore[misc]
-            os.replace(staging / path, target)
-            undo.append(lambda t=target, s=staging / path: os.replace(t, s))  # type: ignore[misc]
+            os.replace(source, target)
+            undo.append(lambda t=target, s=source: os.replace(t, s))  # type: ignore[misc]
     except BaseException:
         for action in reversed(undo):
             with contextlib.suppress(OSError):
                 action()
         raise
-    with contextlib.suppress(OSError):  # make the renames themselves durable
-        fd = os.open(destination, os.O_RDONLY)
+    if durable:  # make the renames themselves durable
+        _fsync_path(destination)
+        _fsync_path(destination.parent)
+
+
+def _plan_merge(source_dir: str, target_dir: str, relative: str, plan: list[tuple[str, str]]) -> None:
+    with os.scandir(source_dir) as entries:
+        for entry in entries:
+            path = f"{relative}{entry.name}"
+            target = os.path.join(target_dir, entry.name)
+            try:
+                existing = os.lstat(target)
+            except FileNotFoundError:
+                plan.append((entry.path, target))  # a new file or a whole new subtree: one rename
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if not stat.S_ISDIR(existing.st_mode):  # a file, or a symlink that could lead anywhere
+                    raise ExtractionError(f"cannot publish {path!r}: {target} is not a plain directory")
+                _plan_merge(entry.path, target, f"{path}/", plan)
+            elif stat.S_ISDIR(existing.st_mode):
+                raise ExtractionError(f"cannot publish {path!r}: {target} is a directory")
+            else:
+                plan.append((entry.path, target))
+
+
+def _fsync_path(path: str | os.PathLike[str]) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

@@ -76,6 +76,8 @@ class PacificaDownloadOperator(BaseOperator):
     :param max_resumes: with ``bundle=True``, how many times a broken download is resumed with an
         HTTP Range request from the last byte received, before it is restarted.
     :param progress_interval: seconds between progress lines in the task log.
+    :param durable: fsync every file and directory before and after publishing, so that a power
+        loss cannot leave published files empty (slower, most with many small files).
     :param skip_if_present: when every file is already in ``destination`` with the right size and
         hash (a retry after a successful download), return the manifest without downloading.
     :param diagnose_max_files: when Cartd fails a cart of at most this many files, stage each
@@ -110,6 +112,7 @@ class PacificaDownloadOperator(BaseOperator):
         diagnose_max_files: int = 16,
         max_resumes: int = 5,
         skip_if_present: bool = True,
+        durable: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -142,6 +145,7 @@ class PacificaDownloadOperator(BaseOperator):
         self.diagnose_max_files = diagnose_max_files
         self.max_resumes = max_resumes
         self.skip_if_present = skip_if_present
+        self.durable = durable
 
     @property
     def hook(self) -> PacificaCartdHook:
@@ -300,6 +304,7 @@ class PacificaDownloadOperator(BaseOperator):
                         top_dir,
                         on_progress=lambda p: self.log.info("Cart %s: %s", cart_uid, p),
                         progress_interval=self.progress_interval,
+                        durable=self.durable,
                     )
                 break
             except (UnsafeMemberError, VerificationError) as err:
