@@ -182,3 +182,17 @@ def test_progress_is_reported_with_files_bytes_and_rate(workspace):
     assert last.bytes_done == last.bytes_total == sum(len(d) for d in CONTENTS.values())
     assert "4/4 files" in str(last)
     assert "MiB/s" in str(last)
+
+
+def test_durable_mode_publishes_the_same_files(workspace):
+    extract_cart(io.BytesIO(build_tar()), cart_files(), workspace, "data", durable=True)
+    for path, data in CONTENTS.items():
+        assert (workspace / path).read_bytes() == data
+
+
+def test_a_new_destination_receives_the_tree_in_one_rename(tmp_path, monkeypatch):
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(extraction.os, "replace", lambda a, b: (renames.append(b), real_replace(a, b)))
+    extract_cart(io.BytesIO(build_tar()), cart_files(), tmp_path / "fresh", "data")
+    assert renames == [str(tmp_path / "fresh")]

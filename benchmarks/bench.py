@@ -1,0 +1,535 @@
+"""Benchmarks on the real Cartd stack, side by side in one run (run with ``scripts/benchmark``).
+
+1. Download throughput of the same staged carts, alternating methods, medians of repetitions:
+   this provider's download path (``PacificaDownloadOperator``: HEAD, stream, per-file hash
+   verification, staging, atomic publish), ``curl -s <cart url> | tar -x`` (the practical
+   ceiling), and the old ``pacifica-downloader==0.4.1`` (its own venv). Each run is a fresh child
+   process; its peak RSS is reported.
+2. Memory: the provider's peak RSS for carts of 0.1 to 2 GiB; the growth must stay flat.
+3. Triggerer scale: many ``CartReadyTrigger``s in one event loop against a loopback server that
+   answers "staging" and then "ready": CPU used, worst event-loop lag, completions.
+4. Parallel carts: one cart versus the same files split into N carts downloaded at once.
+
+Writes ``benchmarks/results/results.json``, ``results.md`` and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+STACK = REPO / "scripts" / "cartd-stack"
+RESULTS = REPO / "benchmarks" / "results"
+OLD_VENV = REPO / ".cache" / "old-downloader-venv"
+OLD_PIN = "pacifica-downloader==0.4.1"
+MIB = 1 << 20
+
+
+# -- child processes: one download each, timed, with its peak RSS ---------------------------------
+
+
+def rss_now_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def worker_provider(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".cache" / "bench" / "airflow-home"))
+    from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
+
+    files = json.loads(Path(args.files).read_text())
+    op = PacificaDownloadOperator(
+        task_id=args.task_id,
+        destination=args.dest,
+        files=files,
+        delete_cart=False,
+        skip_if_present=False,
+        progress_interval=3600,
+    )
+    context = {"ti": _TaskInstance(args.task_id)}
+    baseline = rss_now_kib()
+    started = time.perf_counter()
+    op.execute(context)  # the cart is already staged under this task's uid: HEAD, then download
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "peak_rss_kib": peak, "growth_kib": peak - baseline}
+
+
+class _TaskInstance:
+    """The few task-instance attributes the operator reads (dag, run, task, map index)."""
+
+    def __init__(self, task_id: str) -> None:
+        self.dag_id, self.run_id, self.task_id, self.map_index = "bench", "bench", task_id, -1
+
+
+def worker_command(command: list[str]) -> dict[str, Any]:
+    """Time a command (curl | tar, or the old library's child) and read its peak RSS."""
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "peak_rss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
+
+
+def run_child(*argv: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, __file__, *argv], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark child {argv[:2]} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# -- setup ----------------------------------------------------------------------------------------
+
+
+def step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def write_files(root: Path, count: int, size: int, per_dir: int) -> None:
+    if root.exists() and len(list(root.rglob("*.bin"))) == count:
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    block = os.urandom(1 << 20)
+    for index in range(count):
+        path = root / f"d{index // per_dir:03d}" / f"f{index:05d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            written = 0
+            prefix = f"{index}:".encode()
+            while written < size:  # unique content per file, cheap to make
+                chunk = (prefix + block)[: min(len(block), size - written)]
+                handle.write(chunk)
+                written += len(chunk)
+
+
+def load(workdir: Path, source: Path, first_id: int) -> list[dict[str, Any]]:
+    """PUT the files into the archive (scripts/cartd-stack load) and return them as cart files."""
+    from airflow_provider_pacifica.cloudevents import files_from_cloudevent
+
+    result = subprocess.run(
+        [sys.executable, str(STACK), "load", "--workdir", str(workdir), "--first-id", str(first_id), str(source)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [f.to_dict() for f in files_from_cloudevent(result.stdout)]
+
+
+def stage(files: list[dict[str, Any]], task_id: str) -> str:
+    """Create the cart the provider's operator will look for, and wait until Cartd has staged it."""
+    from airflow_provider_pacifica.cloudevents import files_from_list
+    from airflow_provider_pacifica.hooks.cartd import PacificaCartdHook
+    from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
+
+    op = PacificaDownloadOperator(task_id=task_id, destination="/nonexistent", files=files)
+    cart_uid = op.cart_uid_for({"ti": _TaskInstance(task_id)}, files_from_list(files))  # type: ignore[arg-type]
+    hook = PacificaCartdHook()
+    if not hook.cart_status(cart_uid).ready:
+        hook.create_cart(files, cart_uid=cart_uid)
+        deadline = time.monotonic() + 3600
+        while not (status := hook.cart_status(cart_uid)).ready:
+            if status.failed or time.monotonic() > deadline:
+                raise RuntimeError(f"cart {cart_uid} did not stage: {status}")
+            time.sleep(0.5)
+    return cart_uid
+
+
+# -- the measurements ----------------------------------------------------------------------------
+
+
+def measure_cart(
+    name: str, files: list[dict[str, Any]], task_id: str, cartd_url: str, scratch: Path, reps: int
+) -> dict[str, Any]:
+    cart_uid = stage(files, task_id)
+    files_json = scratch / f"{task_id}.json"
+    files_json.write_text(json.dumps(files))
+    total = sum(f["size"] for f in files)
+    url = f"{cartd_url}/{cart_uid}?filename=data.tar"
+    methods = {
+        "provider": lambda dest: run_child(
+            "worker", "provider", "--task-id", task_id, "--files", str(files_json), "--dest", str(dest)
+        ),
+        "curl | tar": lambda dest: run_child(
+            "worker", "command", "--", "bash", "-c", f"curl -sf '{url}' | tar -x -C '{dest}'"
+        ),
+        "pacifica-downloader 0.4.1": lambda dest: run_child(
+            "worker",
+            "command",
+            "--",
+            str(OLD_VENV / "bin" / "python"),
+            "-c",
+            "import sys; from pacifica.downloader import Downloader; "
+            "d = Downloader(cart_api_url=sys.argv[1]); "
+            "d._download_from_url(sys.argv[2], sys.argv[1] + '/' + sys.argv[3], 'data')",
+            cartd_url,
+            str(dest),
+            cart_uid,
+        ),
+    }
+    samples: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
+    for rep in range(reps):
+        order = list(methods) if rep % 2 == 0 else list(reversed(methods))  # alternate, so drift hits all
+        for method in order:
+            dest = scratch / "out"
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            samples[method].append(methods[method](dest))
+        print(
+            f"  {name} rep {rep + 1}/{reps}: " + ", ".join(f"{m} {samples[m][-1]['seconds']:.2f}s" for m in methods),
+            flush=True,
+        )
+    shutil.rmtree(scratch / "out", ignore_errors=True)
+    summary = {}
+    for method, runs in samples.items():
+        seconds = statistics.median(r["seconds"] for r in runs)
+        summary[method] = {
+            "median_seconds": seconds,
+            "mb_per_s": total / seconds / 1e6,
+            "peak_rss_mib": max(r["peak_rss_kib"] for r in runs) / 1024,
+            "runs": [round(r["seconds"], 3) for r in runs],
+        }
+    curl = summary["curl | tar"]["median_seconds"]
+    old = summary["pacifica-downloader 0.4.1"]["median_seconds"]
+    for method in summary:
+        summary[method]["ratio_to_curl_tar"] = curl / summary[method]["median_seconds"]
+        summary[method]["speedup_vs_old_library"] = old / summary[method]["median_seconds"]
+    return {"name": name, "files": len(files), "bytes": total, "methods": summary}
+
+
+def measure_memory(sizes_gib: list[float], pool: list[dict[str, Any]], scratch: Path) -> list[dict[str, Any]]:
+    files_json = scratch / "memory.json"
+    curve = []
+    for gib in sizes_gib:
+        chosen, total = [], 0
+        for file in pool:
+            if total >= gib * (1 << 30):
+                break
+            chosen.append(file)
+            total += file["size"]
+        task_id = f"memory-{gib}"
+        stage(chosen, task_id)
+        files_json.write_text(json.dumps(chosen))
+        dest = scratch / "out"
+        shutil.rmtree(dest, ignore_errors=True)
+        run = run_child("worker", "provider", "--task-id", task_id, "--files", str(files_json), "--dest", str(dest))
+        shutil.rmtree(dest, ignore_errors=True)
+        curve.append(
+            {"gib": round(total / (1 << 30), 3), "peak_rss_mib": run["peak_rss_kib"] / 1024, "seconds": run["seconds"]}
+        )
+        print(
+            f"  {total / (1 << 30):.2f} GiB: peak RSS {run['peak_rss_kib'] / 1024:.1f} MiB in {run['seconds']:.1f}s",
+            flush=True,
+        )
+    return curve
+
+
+def measure_parallel(files: list[dict[str, Any]], parts: int, scratch: Path) -> dict[str, Any]:
+    from airflow_provider_pacifica.batching import split_files
+    from airflow_provider_pacifica.cloudevents import files_from_list
+
+    batches = split_files(files_from_list(files), parts=parts)
+    jobs = []
+    for index, batch in enumerate(batches):
+        task_id = f"parallel-{parts}-{index}"
+        stage(batch, task_id)
+        (scratch / f"{task_id}.json").write_text(json.dumps(batch))
+        jobs.append(task_id)
+
+    def one(task_id: str) -> dict[str, Any]:
+        return run_child(
+            "worker",
+            "provider",
+            "--task-id",
+            task_id,
+            "--files",
+            str(scratch / f"{task_id}.json"),
+            "--dest",
+            str(scratch / "out"),
+        )
+
+    shutil.rmtree(scratch / "out", ignore_errors=True)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        list(pool.map(one, jobs))
+    seconds = time.perf_counter() - started
+    shutil.rmtree(scratch / "out", ignore_errors=True)
+    return {"carts": len(jobs), "seconds": seconds}
+
+
+def measure_triggers(count: int, poll: float, ready_after: float) -> dict[str, Any]:
+    """Run ``count`` CartReadyTriggers in this process's loop against a server in another process."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, __file__, "trigger-server", "--port", str(port), "--ready-after", str(ready_after)]
+    )
+    try:
+        time.sleep(2)
+        os.environ["AIRFLOW_CONN_PACIFICA_CARTD_DEFAULT"] = json.dumps(
+            {"conn_type": "pacifica_cartd", "host": "127.0.0.1", "port": port}
+        )
+        return asyncio.run(_run_triggers(count, poll))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+async def _run_triggers(count: int, poll: float) -> dict[str, Any]:
+    from airflow_provider_pacifica.triggers.cartd import CartReadyTrigger
+
+    worst_lag = 0.0
+    stop = asyncio.Event()
+
+    async def lag_monitor() -> None:
+        nonlocal worst_lag
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.05)
+            worst_lag = max(worst_lag, time.perf_counter() - before - 0.05)
+
+    async def one(index: int) -> str:
+        trigger = CartReadyTrigger(cart_uid=f"scale-{index}", poll_interval=poll, max_poll_interval=poll)
+        event = await trigger.run().__anext__()
+        return str(event.payload["status"])
+
+    monitor = asyncio.create_task(lag_monitor())
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = usage.ru_utime + usage.ru_stime
+    started = time.perf_counter()
+    statuses = await asyncio.gather(*(one(i) for i in range(count)))
+    wall = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
+    stop.set()
+    await monitor
+    return {
+        "triggers": count,
+        "completed_ready": statuses.count("ready"),
+        "poll_interval_s": poll,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "cpu_percent_of_one_core": 100 * cpu / wall,
+        "worst_loop_lag_ms": worst_lag * 1000,
+    }
+
+
+def trigger_server(args: argparse.Namespace) -> None:
+    """HEAD /<uid>: 'staging' until ready_after seconds after start, then 'ready'."""
+    from aiohttp import web
+
+    ready_at = time.monotonic() + args.ready_after
+
+    async def head(request: web.Request) -> web.Response:
+        state = "ready" if time.monotonic() >= ready_at else "staging"
+        return web.Response(status=204, headers={"X-Pacifica-Status": state, "X-Pacifica-Message": ""})
+
+    app = web.Application()
+    app.router.add_route("HEAD", "/{uid}", head)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [
+        "| cart | method | median s | MB/s | ratio to curl \\| tar | vs old library | peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for cart in results["carts"]:
+        label = f"{cart['name']} ({cart['files']} files, {cart['bytes'] / MIB:.0f} MiB)"
+        for method, row in cart["methods"].items():
+            lines.append(
+                f"| {label} | {method} | {row['median_seconds']:.2f} | {row['mb_per_s']:.0f} | "
+                f"{row['ratio_to_curl_tar']:.2f} | {row['speedup_vs_old_library']:.2f}x | {row['peak_rss_mib']:.0f} |"
+            )
+    memory = results.get("memory") or []
+    if memory:
+        growth = max(m["peak_rss_mib"] for m in memory) - min(m["peak_rss_mib"] for m in memory)
+        lines += ["", "| cart GiB | provider peak RSS MiB |", "|---:|---:|"]
+        lines += [f"| {m['gib']:.2f} | {m['peak_rss_mib']:.1f} |" for m in memory]
+        lines.append(
+            f"\nPeak RSS growth from {memory[0]['gib']:.1f} to {memory[-1]['gib']:.1f} GiB: **{growth:.1f} MiB**."
+        )
+    if results.get("triggers"):
+        t = results["triggers"]
+        lines.append(
+            f"\n{t['triggers']} CartReadyTriggers in one event loop, {t['poll_interval_s']:.0f} s polls: "
+            f"{t['completed_ready']} completed ready in {t['wall_s']:.1f} s, CPU {t['cpu_s']:.2f} s "
+            f"(**{t['cpu_percent_of_one_core']:.1f} % of one core**), "
+            f"worst loop lag **{t['worst_loop_lag_ms']:.0f} ms**."
+        )
+    if results.get("parallel"):
+        p = results["parallel"]
+        lines.append(
+            f"\nParallel carts ({p['bytes'] / MIB:.0f} MiB): 1 cart {p['one_cart_s']:.2f} s, "
+            f"{p['carts']} carts at once {p['n_carts_s']:.2f} s (x{p['one_cart_s'] / p['n_carts_s']:.2f})."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 1 + bool(results.get("memory"))
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4))
+    axes = axes if panels > 1 else [axes]
+    methods = list(results["carts"][0]["methods"])
+    width = 0.8 / len(methods)
+    for offset, method in enumerate(methods):
+        values = [cart["methods"][method]["mb_per_s"] for cart in results["carts"]]
+        positions = [i + offset * width for i in range(len(results["carts"]))]
+        axes[0].bar(positions, values, width, label=method)
+    axes[0].set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(results["carts"]))])
+    axes[0].set_xticklabels([f"{c['name']}\n{c['files']} files" for c in results["carts"]])
+    axes[0].set_ylabel("MB/s (median)")
+    axes[0].set_title("Download throughput, same cart")
+    axes[0].legend(fontsize=8)
+    if results.get("memory"):
+        memory = results["memory"]
+        axes[1].plot([m["gib"] for m in memory], [m["peak_rss_mib"] for m in memory], marker="o")
+        axes[1].set_xlabel("cart size (GiB)")
+        axes[1].set_ylabel("provider peak RSS (MiB)")
+        axes[1].set_ylim(0, max(m["peak_rss_mib"] for m in memory) * 1.3)
+        axes[1].set_title("Memory stays flat")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    worker = sub.add_parser("worker")
+    worker.add_argument("kind", choices=["provider", "command"])
+    worker.add_argument("--task-id")
+    worker.add_argument("--files")
+    worker.add_argument("--dest")
+    worker.add_argument("argv", nargs="*")
+    server = sub.add_parser("trigger-server")
+    server.add_argument("--port", type=int, required=True)
+    server.add_argument("--ready-after", type=float, required=True)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--large-files", type=int, default=64, help="files of 16 MiB in the large cart")
+    parser.add_argument("--small-files", type=int, default=10_000, help="files of 4 KiB in the small-files cart")
+    parser.add_argument("--memory-gib", default="0.1,0.5,1,2")
+    parser.add_argument("--triggers", type=int, default=1000)
+    parser.add_argument("--parallel-carts", type=int, default=4)
+    parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "bench")
+    args = parser.parse_args()
+
+    if args.command == "worker":
+        run = worker_provider(args) if args.kind == "provider" else worker_command(args.argv)
+        print(json.dumps(run))
+        return 0
+    if args.command == "trigger-server":
+        trigger_server(args)
+        return 0
+    return run_all(args)
+
+
+def run_all(args: argparse.Namespace) -> int:
+    workdir: Path = args.workdir.absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["AIRFLOW_HOME"] = str(workdir / "airflow-home")
+    if not (OLD_VENV / "bin" / "python").exists():
+        step(f"Installing {OLD_PIN} into its own venv")
+        subprocess.run([sys.executable, "-m", "venv", str(OLD_VENV)], check=True)
+        subprocess.run([str(OLD_VENV / "bin" / "pip"), "install", "-qq", OLD_PIN], check=True)
+    if not shutil.which("curl"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "curl"], check=True, stdout=subprocess.DEVNULL)
+
+    stack_dir = workdir / "stack"
+    subprocess.run([sys.executable, str(STACK), "stop", "--workdir", str(stack_dir)], check=False)
+    step("Starting the real Cartd stack (2 Celery workers)")
+    started = subprocess.run(
+        [sys.executable, str(STACK), "start", "--workdir", str(stack_dir), "--workers", "2"],
+        capture_output=True,
+        text=True,
+    )
+    if started.returncode != 0:
+        print(started.stderr, file=sys.stderr)
+        return 1
+    stack = dict(line.split("=", 1) for line in started.stdout.splitlines() if "=" in line)
+    cartd_url = stack["CARTD_URL"]
+    host, port = cartd_url.rsplit("/", 1)[-1].split(":")
+    os.environ["AIRFLOW_CONN_PACIFICA_CARTD_DEFAULT"] = json.dumps(
+        {"conn_type": "pacifica_cartd", "host": host, "port": int(port), "extra": {"read_timeout": 300}}
+    )
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "carts": []}
+    scratch = workdir / "scratch"
+    scratch.mkdir(exist_ok=True)
+    try:
+        memory_sizes = [float(x) for x in args.memory_gib.split(",") if x]
+        big_count = max(args.large_files, int(max(memory_sizes or [0]) * 64 + 0.5))
+        step(f"Writing and loading {big_count} files of 16 MiB and {args.small_files} files of 4 KiB")
+        write_files(workdir / "data" / "large", big_count, 16 * MIB, per_dir=16)
+        write_files(workdir / "data" / "small", args.small_files, 4096, per_dir=100)
+        t0 = time.perf_counter()
+        pool = load(stack_dir, workdir / "data" / "large", first_id=1_000_000)
+        small = load(stack_dir, workdir / "data" / "small", first_id=2_000_000)
+        print(f"  loaded into the archive in {time.perf_counter() - t0:.0f}s", flush=True)
+
+        step(f"Throughput: large cart ({args.large_files} x 16 MiB), {args.reps} alternating repetitions")
+        results["carts"].append(measure_cart("large", pool[: args.large_files], "large", cartd_url, scratch, args.reps))
+        step(f"Throughput: many small files ({args.small_files} x 4 KiB), {args.reps} alternating repetitions")
+        t0 = time.perf_counter()
+        stage(small, "small")
+        print(f"  Cartd staged {len(small)} files in {time.perf_counter() - t0:.0f}s", flush=True)
+        results["carts"].append(measure_cart("small files", small, "small", cartd_url, scratch, args.reps))
+
+        if memory_sizes:
+            step(f"Memory: provider peak RSS for carts of {args.memory_gib} GiB")
+            results["memory"] = measure_memory(memory_sizes, pool, scratch)
+        if args.parallel_carts > 1:
+            step(f"Parallel carts: 1 cart vs {args.parallel_carts} carts on the same {args.large_files} files")
+            one = measure_parallel(pool[: args.large_files], 1, scratch)
+            many = measure_parallel(pool[: args.large_files], args.parallel_carts, scratch)
+            results["parallel"] = {
+                "bytes": sum(f["size"] for f in pool[: args.large_files]),
+                "one_cart_s": one["seconds"],
+                "carts": many["carts"],
+                "n_carts_s": many["seconds"],
+            }
+    finally:
+        subprocess.run([sys.executable, str(STACK), "stop", "--workdir", str(stack_dir)], check=False)
+    if args.triggers:
+        step(f"Triggerer scale: {args.triggers} CartReadyTriggers in one event loop, 5 s polls")
+        results["triggers"] = measure_triggers(args.triggers, poll=5.0, ready_after=30.0)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    table = report(results)
+    (RESULTS / "results.md").write_text(table)
+    chart(results, RESULTS / "results.png")
+    step("Results")
+    print(table)
+    print(f"(written to {RESULTS})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
