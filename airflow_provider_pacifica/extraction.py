@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_pacifica.exceptions import (
     ExtractionError,
@@ -49,6 +51,12 @@ _MEMBER_KINDS = {
     tarfile.CONTTYPE: "contiguous file",
     tarfile.GNUTYPE_SPARSE: "sparse file",
 }
+
+
+class Readable(Protocol):
+    """What the extractor needs of a stream: ``read(size)`` returning bytes, ``b""`` at the end."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ class ExtractedFile:
 
 
 def extract_cart(
-    stream: IO[bytes],
+    stream: Readable,
     files: Sequence[CartFile],
     destination: str | os.PathLike[str],
     top_dir: str,
@@ -167,7 +175,7 @@ def verify_published(files: Sequence[CartFile], destination: str | os.PathLike[s
 
 
 def stage_files(
-    stream: IO[bytes],
+    stream: Readable,
     files: Sequence[CartFile],
     staging: Path,
     top_dir: str,
@@ -201,8 +209,9 @@ def stage_files(
             last_report = now
             on_progress(Progress(len(done), len(files), bytes_done, bytes_total, now - started))
 
+    prefetcher = _Prefetcher(stream)
     try:
-        guarded: Any = _GuardedStream(stream)  # tarfile needs only read()
+        guarded: Any = _GuardedStream(prefetcher)  # tarfile needs only read()
         with tarfile.open(fileobj=guarded, mode="r|", bufsize=CHUNK_SIZE) as archive:
             for member in archive:
                 relative = _member_path(member, top_dir)
@@ -262,6 +271,8 @@ def stage_files(
         if isinstance(err, FileExistsError):  # two names that normalise to one path
             raise UnsafeMemberError(f"tar member written twice: {err.filename}") from err
         raise
+    finally:
+        prefetcher.close()
 
     missing = [f.path for f in files if f.path not in done]
     if missing:
@@ -334,10 +345,71 @@ def _fsync_path(path: str | os.PathLike[str]) -> None:
             os.close(fd)
 
 
+class _Prefetcher:
+    """Reads the network stream in a background thread, so that receiving overlaps hashing and writing.
+
+    At most ``depth`` chunks wait in the queue, so memory stays flat whatever the cart size. The
+    stream is only ever touched by the thread; its errors are raised again in the reader.
+    """
+
+    def __init__(self, stream: Readable, chunk_size: int = CHUNK_SIZE, depth: int = 8) -> None:
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._leftover = b""
+        self._finished = False
+        self._thread = threading.Thread(
+            target=self._pump, args=(stream, chunk_size), name="pacifica-cart-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _pump(self, stream: Readable, chunk_size: int) -> None:
+        try:
+            while not self._stop.is_set():
+                data = stream.read(chunk_size)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as err:  # handed to the reading thread, which raises it
+            self._put(err)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._leftover:
+            if self._finished:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._finished = True
+                raise item
+            if not item:
+                self._finished = True
+                return b""
+            self._leftover = item
+        if 0 <= size < len(self._leftover):
+            data, self._leftover = self._leftover[:size], self._leftover[size:]
+        else:
+            data, self._leftover = self._leftover, b""
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._thread.join(timeout=1)  # it may sit in a socket read until the caller closes the response
+
+
 class _GuardedStream:
     """Reads from the network stream; any failure there (reset, timeout) becomes a ``StreamError``."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: Readable) -> None:
         self._stream = stream
 
     def read(self, size: int = -1) -> bytes:

@@ -298,7 +298,7 @@ class PacificaDownloadOperator(BaseOperator):
             try:
                 with hook.read_cart(cart_uid, filename=f"{DOWNLOAD_NAME}.tar", max_resumes=self.max_resumes) as reader:
                     extracted = extract_cart(
-                        reader,  # type: ignore[arg-type]  # read() is all a tar stream needs
+                        reader,
                         files,
                         destination,
                         top_dir,
