@@ -15,6 +15,7 @@ size) and nothing in it is trusted:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import queue
@@ -287,25 +288,15 @@ def publish(staging: Path, destination: Path, backup_dir: Path, *, durable: bool
 
     A destination that does not exist yet receives the whole tree in one rename. Otherwise the
     tree is merged: a subtree the destination lacks moves with one rename, a file the destination
-    already has is moved to ``backup_dir`` and replaced. Every conflict is found before anything
-    moves, and on a failure midway every move is undone.
+    already has is moved to ``backup_dir`` and replaced. Conflicts are looked for before anything
+    moves; a directory that appears meanwhile (another task publishing into the same destination)
+    is merged into; on any failure midway every move is undone.
     """
-    plan: list[tuple[str, str]] = []
     if os.path.lexists(destination):
-        _plan_merge(str(staging), str(destination), "", plan)
-    else:
-        plan.append((str(staging), str(destination)))
-
+        _check_merge(str(staging), str(destination), "")
     undo: list[Callable[[], None]] = []
     try:
-        for number, (source, target) in enumerate(plan):
-            if os.path.lexists(target):  # a file being replaced: keep it until everything is in place
-                backup = os.path.join(backup_dir, str(number))
-                os.makedirs(backup_dir, exist_ok=True)
-                os.replace(target, backup)
-                undo.append(lambda b=backup, t=target: os.replace(b, t))  # type: ignore[misc]
-            os.replace(source, target)
-            undo.append(lambda t=target, s=source: os.replace(t, s))  # type: ignore[misc]
+        _move_tree(str(staging), str(destination), "", str(backup_dir), undo)
     except BaseException:
         for action in reversed(undo):
             with contextlib.suppress(OSError):
@@ -316,7 +307,8 @@ def publish(staging: Path, destination: Path, backup_dir: Path, *, durable: bool
         _fsync_path(destination.parent)
 
 
-def _plan_merge(source_dir: str, target_dir: str, relative: str, plan: list[tuple[str, str]]) -> None:
+def _check_merge(source_dir: str, target_dir: str, relative: str) -> None:
+    """Raise ``ExtractionError`` if merging ``source_dir`` into ``target_dir`` would hit a conflict."""
     with os.scandir(source_dir) as entries:
         for entry in entries:
             path = f"{relative}{entry.name}"
@@ -324,16 +316,47 @@ def _plan_merge(source_dir: str, target_dir: str, relative: str, plan: list[tupl
             try:
                 existing = os.lstat(target)
             except FileNotFoundError:
-                plan.append((entry.path, target))  # a new file or a whole new subtree: one rename
-                continue
+                continue  # a new file or a whole new subtree
             if entry.is_dir(follow_symlinks=False):
                 if not stat.S_ISDIR(existing.st_mode):  # a file, or a symlink that could lead anywhere
                     raise ExtractionError(f"cannot publish {path!r}: {target} is not a plain directory")
-                _plan_merge(entry.path, target, f"{path}/", plan)
+                _check_merge(entry.path, target, f"{path}/")
             elif stat.S_ISDIR(existing.st_mode):
                 raise ExtractionError(f"cannot publish {path!r}: {target} is a directory")
-            else:
-                plan.append((entry.path, target))
+
+
+def _move_tree(source: str, target: str, relative: str, backup_dir: str, undo: list[Callable[[], None]]) -> None:
+    is_dir = os.path.isdir(source) and not os.path.islink(source)
+    if not os.path.lexists(target):
+        try:
+            os.rename(source, target)  # a file, or a whole subtree in one step
+            undo.append(lambda: os.rename(target, source))
+            return
+        except OSError as err:
+            if not (is_dir and err.errno in (errno.ENOTEMPTY, errno.EEXIST)):
+                raise
+            # Another publisher created this directory meanwhile: merge into it below.
+    existing = os.lstat(target)
+    if is_dir:
+        if not stat.S_ISDIR(existing.st_mode):
+            raise ExtractionError(f"cannot publish {relative!r}: {target} is not a plain directory")
+        for name in os.listdir(source):
+            _move_tree(
+                os.path.join(source, name),
+                os.path.join(target, name),
+                f"{relative}/{name}".lstrip("/"),
+                backup_dir,
+                undo,
+            )
+        return
+    if stat.S_ISDIR(existing.st_mode):
+        raise ExtractionError(f"cannot publish {relative!r}: {target} is a directory")
+    backup = os.path.join(backup_dir, str(len(undo)))  # keep the replaced file until all is in place
+    os.makedirs(backup_dir, exist_ok=True)
+    os.replace(target, backup)
+    undo.append(lambda: os.replace(backup, target))
+    os.replace(source, target)
+    undo.append(lambda: os.replace(target, source))
 
 
 def _fsync_path(path: str | os.PathLike[str]) -> None:

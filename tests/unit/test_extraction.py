@@ -134,19 +134,25 @@ def test_a_failed_publish_puts_everything_back(workspace, monkeypatch):
     (workspace / "a").mkdir()
     (workspace / "a" / "b.txt").write_bytes(b"old version")
     before = snapshot(workspace.parent)
-    real_replace = os.replace
+    real_replace, real_rename = os.replace, os.rename
     moves = []
 
-    def flaky_replace(src, dst):
-        moves.append(dst)
-        if len(moves) == 4:  # fail in the middle of publishing
-            raise OSError("disk full")
-        return real_replace(src, dst)
+    def flaky(real):
+        def move(src, dst):
+            moves.append(dst)
+            if len(moves) == 4:  # fail in the middle of publishing
+                raise OSError("disk full")
+            return real(src, dst)
 
-    monkeypatch.setattr(extraction.os, "replace", flaky_replace)
+        return move
+
+    monkeypatch.setattr(extraction.os, "replace", flaky(real_replace))
+    monkeypatch.setattr(extraction.os, "rename", flaky(real_rename))
     with pytest.raises(OSError, match="disk full"):
         extract_cart(io.BytesIO(build_tar()), cart_files(), workspace, "data")
     monkeypatch.setattr(extraction.os, "replace", real_replace)
+    monkeypatch.setattr(extraction.os, "rename", real_rename)
+    assert len(moves) >= 4
     assert snapshot(workspace.parent) == before
 
 
@@ -192,7 +198,49 @@ def test_durable_mode_publishes_the_same_files(workspace):
 
 def test_a_new_destination_receives_the_tree_in_one_rename(tmp_path, monkeypatch):
     renames = []
-    real_replace = os.replace
-    monkeypatch.setattr(extraction.os, "replace", lambda a, b: (renames.append(b), real_replace(a, b)))
+    real_rename = os.rename
+    monkeypatch.setattr(extraction.os, "rename", lambda a, b: (renames.append(b), real_rename(a, b)))
     extract_cart(io.BytesIO(build_tar()), cart_files(), tmp_path / "fresh", "data")
     assert renames == [str(tmp_path / "fresh")]
+
+
+def test_a_directory_created_meanwhile_by_another_publisher_is_merged_into(tmp_path, monkeypatch):
+    destination = tmp_path / "dest"
+    real_rename = os.rename
+    raced = []
+
+    def rename(source, target):
+        if not raced and target == str(destination):  # another task publishes first
+            raced.append(target)
+            os.makedirs(destination / "a")
+            (destination / "a" / "theirs.txt").write_text("theirs")
+        return real_rename(source, target)
+
+    monkeypatch.setattr(extraction.os, "rename", rename)
+    extract_cart(io.BytesIO(build_tar()), cart_files(), destination, "data")
+    assert raced
+    assert (destination / "a" / "theirs.txt").read_text() == "theirs"
+    for path, data in CONTENTS.items():
+        assert (destination / path).read_bytes() == data
+
+
+def test_parallel_extractions_into_one_destination_all_land(tmp_path):
+    import threading
+
+    halves = [dict(list(CONTENTS.items())[:2]), dict(list(CONTENTS.items())[2:])]
+    errors = []
+
+    def run(contents):
+        try:
+            extract_cart(io.BytesIO(build_tar(contents)), cart_files(contents), tmp_path / "dest", "data")
+        except Exception as err:  # collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(half,)) for half in halves]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for path, data in CONTENTS.items():
+        assert (tmp_path / "dest" / path).read_bytes() == data
