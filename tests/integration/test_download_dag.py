@@ -115,3 +115,16 @@ def test_cart_sensor_dag_waits_deferred_and_downloads(cartd_stack, cartd_connect
     assert task_states(dag_run) == {"create_cart": "success", "wait_for_cart": "success", "download_cart": "success"}
     for path, data in TEXT_FILES.items():
         assert (Path(tmp_path) / dag_run.run_id / path).read_bytes() == data
+
+
+def test_parallel_dag_downloads_one_event_as_several_verified_carts(
+    cartd_stack, cartd_connection, airflow_db, tmp_path, monkeypatch, capfd
+):
+    monkeypatch.setenv("PACIFICA_DOWNLOAD_ROOT", str(tmp_path))
+    contents = {f"many/part-{i}.bin": bytes([i]) * (10_000 + i) for i in range(6)} | TEXT_FILES
+    event = ingest_event(cartd_stack, contents)
+    dag_run = load_dag("pacifica_parallel_download").test(run_conf={"cloudevent": event, "parts": 3})
+    assert str(dag_run.state) == "success"
+    for path, data in contents.items():
+        assert (tmp_path / dag_run.run_id / path).read_bytes() == data
+    assert f"{len(contents)} files, {sum(map(len, contents.values()))} bytes from 3 carts" in capfd.readouterr().out

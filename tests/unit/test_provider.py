@@ -76,13 +76,13 @@ def dagbag():
 
 def test_example_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"pacifica_cloudevent_download", "pacifica_cart_sensor"} <= set(dagbag.dag_ids)
+    assert {"pacifica_cloudevent_download", "pacifica_cart_sensor", "pacifica_parallel_download"} <= set(dagbag.dag_ids)
 
 
 def test_example_dags_are_documented_and_serialize(dagbag):
     from airflow.serialization.serialized_objects import DagSerialization
 
-    for dag_id in ("pacifica_cloudevent_download", "pacifica_cart_sensor"):
+    for dag_id in ("pacifica_cloudevent_download", "pacifica_cart_sensor", "pacifica_parallel_download"):
         dag = dagbag.dags[dag_id]
         assert dag.doc_md
         assert len(dag.doc_md) > 100
