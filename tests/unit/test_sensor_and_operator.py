@@ -341,3 +341,25 @@ def test_a_changed_file_in_the_destination_means_a_new_download(http_server, car
     op.execute(make_context())
     assert "GET" in [r.method for r in http_server.requests]
     assert (tmp_path / "dest" / "a" / "b.txt").read_bytes() == CONTENTS["a/b.txt"]
+
+
+def test_sensor_reschedule_mode_frees_the_slot_between_pokes(http_server, cartd_conn):
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    cartd_conn()
+    http_server.sequence(cartd_head("staging"))
+    sensor = CartSensor(task_id="wait", cart_uid="c1", deferrable=False, mode="reschedule", poke_interval=60)
+    context = make_context()
+    context["ti"].get_first_reschedule_date.return_value = None  # the first poke
+    with pytest.raises(AirflowRescheduleException):
+        sensor.execute(context)
+
+
+@pytest.mark.parametrize(("soft_fail", "outcome"), [(False, "AirflowSensorTimeout"), (True, "AirflowSkipException")])
+def test_a_deferral_timeout_behaves_like_any_sensor_timeout(soft_fail, outcome):
+    from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+
+    sensor = CartSensor(task_id="wait", cart_uid="c1", deferrable=True, soft_fail=soft_fail)
+    expected = {"AirflowSensorTimeout": AirflowSensorTimeout, "AirflowSkipException": AirflowSkipException}[outcome]
+    with pytest.raises(expected):
+        sensor.resume_execution("__fail__", {"error": "Trigger timeout"}, make_context())
