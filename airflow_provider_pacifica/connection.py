@@ -8,9 +8,11 @@ would send it as one and leak whatever it holds).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import ssl
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,6 @@ from airflow_provider_pacifica.exceptions import InvalidInputError
 
 CONN_TYPE = "pacifica_cartd"
 
-# name -> (caster, help) for every extra the connection may carry.
 _BOOL_TRUE = {"true", "1", "yes", "on"}
 _BOOL_FALSE = {"false", "0", "no", "off"}
 
@@ -71,6 +72,19 @@ def _to_proxies(name: str, value: Any) -> dict[str, str]:
     return dict(value)
 
 
+@functools.cache
+def _proxy_for(base_url: str, proxies: tuple[tuple[str, str], ...]) -> str | None:
+    # Looked up once: aiohttp's trust_env would read the environment in a thread on every request.
+    scheme, _, rest = base_url.partition("://")
+    if proxies:
+        return dict(proxies).get(scheme)
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0]
+    if urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(scheme)
+
+
+# Every extra the connection may carry, with the function that casts and checks its value.
 EXTRA_FIELDS = {
     "token": _to_str,
     "client_cert": _to_str,
@@ -213,6 +227,10 @@ class CartdConnectionConfig:
         if self.client_cert:
             context.load_cert_chain(self.client_cert, self.client_key)
         return context
+
+    def proxy_url(self) -> str | None:
+        """The proxy for Cartd's URL: from ``proxies``, else from the environment as requests does."""
+        return _proxy_for(self.base_url, tuple(sorted(self.proxies.items())))
 
     def cache_key(self) -> tuple[Any, ...]:
         """A hashable identity of these settings (to share HTTP sessions between equal configs)."""

@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -173,12 +174,27 @@ class PacificaCartdHook(HttpHook):
         return self._config
 
     async def aget_config(self) -> CartdConnectionConfig:
-        """The validated connection, fetched without blocking the event loop (for triggers)."""
+        """The validated connection, fetched without blocking the event loop (for triggers).
+
+        A triggerer may run a thousand cart waits on one connection: the validated config is
+        shared for ``ASYNC_CONFIG_TTL`` seconds per connection id and event loop, so that each
+        trigger does not fetch and parse the connection again.
+        """
         if self._config is None:
-            conn = await self.aget_connection(self.pacifica_conn_id)
-            self._config = self.config_from_connection(conn, await conn.aextra_dejson())
-            self._mask(self._config)
+            configs = _ASYNC_CONFIGS.setdefault(asyncio.get_running_loop(), {})
+            cached = configs.get(self.pacifica_conn_id)
+            if cached is None or cached[0] <= time.monotonic() or (cached[1].done() and cached[1].exception()):
+                # One fetch for all the triggers that start together; they await the same task.
+                cached = (time.monotonic() + ASYNC_CONFIG_TTL, asyncio.ensure_future(self._fetch_config()))
+                configs[self.pacifica_conn_id] = cached
+            self._config = await asyncio.shield(cached[1])
         return self._config
+
+    async def _fetch_config(self) -> CartdConnectionConfig:
+        conn = await self.aget_connection(self.pacifica_conn_id)
+        config = self.config_from_connection(conn, await conn.aextra_dejson())
+        self._mask(config)
+        return config
 
     @staticmethod
     def _mask(config: CartdConnectionConfig) -> None:
@@ -373,19 +389,20 @@ class PacificaCartdHook(HttpHook):
         """
         config = await self.aget_config()
         loop = asyncio.get_running_loop()
-        key = (id(loop), config.cache_key())
-        shared = _SHARED_SESSIONS.get(key)
+        sessions = _SHARED_SESSIONS.setdefault(loop, {})
+        key = config.cache_key()
+        shared = sessions.get(key)
         if shared is None or shared.session.closed:
             shared = _SharedSession(_new_async_session(config))
-            _SHARED_SESSIONS[key] = shared
+            sessions[key] = shared
         shared.users += 1
         try:
             yield shared.session
         finally:
             shared.users -= 1
             if shared.users == 0:
-                if _SHARED_SESSIONS.get(key) is shared:
-                    del _SHARED_SESSIONS[key]
+                if sessions.get(key) is shared:
+                    del sessions[key]
                 await shared.session.close()
 
     async def async_cart_status(self, cart_uid: str, session: aiohttp.ClientSession | None = None) -> CartStatus:
@@ -398,7 +415,7 @@ class PacificaCartdHook(HttpHook):
         if session is None:
             async with self.async_session() as own_session:
                 return await self.async_cart_status(cart_uid, own_session)
-        proxy = config.proxies.get(config.base_url.split(":", 1)[0])
+        proxy = config.proxy_url()
         try:
             async with session.head(config.url(cart_uid), proxy=proxy) as response:
                 return parse_head_response(cart_uid, response.status, response.headers)
@@ -494,7 +511,14 @@ class _SharedSession:
     users: int = 0
 
 
-_SHARED_SESSIONS: dict[tuple[int, tuple[Any, ...]], _SharedSession] = {}
+_SHARED_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _SharedSession]] = (
+    weakref.WeakKeyDictionary()
+)
+# Per event loop (weakly, so a closed loop's entries go with it): conn id -> (expiry, fetch).
+_ASYNC_CONFIGS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[CartdConnectionConfig]]]
+] = weakref.WeakKeyDictionary()
+ASYNC_CONFIG_TTL = 60.0  # seconds a connection read by a trigger is reused by the others
 
 
 def _new_async_session(config: CartdConnectionConfig) -> aiohttp.ClientSession:
@@ -510,7 +534,7 @@ def _new_async_session(config: CartdConnectionConfig) -> aiohttp.ClientSession:
         timeout=timeout,
         headers={"User-Agent": USER_AGENT, **config.auth_headers()},
         connector=aiohttp.TCPConnector(ssl=config.ssl_context(), limit_per_host=16),
-        trust_env=not config.proxies,
+        trust_env=False,  # proxies come from config.proxy_url(), looked up once
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -12,6 +13,11 @@ from airflow_provider_pacifica.hooks.cartd import PacificaCartdHook
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+
+def _jittered(seconds: float) -> float:
+    """Up to 10 % less, so that many triggers started together do not poll Cartd in lockstep."""
+    return seconds * (1 - 0.1 * random.random())
 
 
 class CartReadyTrigger(BaseTrigger):
@@ -61,7 +67,8 @@ class CartReadyTrigger(BaseTrigger):
         return TriggerEvent({"status": status, "message": message, "cart_uid": self.cart_uid})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = PacificaCartdHook(pacifica_conn_id=self.pacifica_conn_id)
+        # No requests adapter: the trigger only speaks aiohttp.
+        hook = PacificaCartdHook(pacifica_conn_id=self.pacifica_conn_id, tcp_keep_alive=False)
         interval = self.poll_interval
         failures = 0
         try:
@@ -83,7 +90,7 @@ class CartReadyTrigger(BaseTrigger):
                             self.max_consecutive_failures,
                             delay,
                         )
-                        await asyncio.sleep(delay)
+                        await asyncio.sleep(_jittered(delay))
                         continue
                     failures = 0
                     if status.ready:
@@ -96,7 +103,7 @@ class CartReadyTrigger(BaseTrigger):
                         yield self._event("missing", status.message)
                         return
                     self.log.debug("Cart %s is %s; next poll in %.1fs", self.cart_uid, status.state, interval)
-                    await asyncio.sleep(interval)
+                    await asyncio.sleep(_jittered(interval))
                     interval = min(interval * 1.5, self.max_poll_interval)
         except PacificaError as err:  # bad connection settings, unexpected HTTP status
             yield self._event("error", str(err))

@@ -4,6 +4,7 @@ import asyncio
 import importlib
 import subprocess
 import sys
+import weakref
 
 import pytest
 from airflow.triggers.base import TriggerEvent
@@ -26,6 +27,7 @@ def sleeps(monkeypatch):
         await real_sleep(0)
 
     monkeypatch.setattr(trigger_module.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(trigger_module.random, "random", lambda: 0.0)  # no jitter: exact intervals
     return waited
 
 
@@ -156,3 +158,27 @@ async def test_the_event_loop_is_never_blocked(http_server, cartd_conn):
     task.cancel()
     assert event.payload["status"] == "ready"
     assert ticks >= 20
+
+
+def test_polls_are_jittered_by_at_most_a_tenth(monkeypatch):
+    monkeypatch.setattr(trigger_module.random, "random", lambda: 0.999)
+    assert 9.0 < trigger_module._jittered(10.0) <= 10.0
+
+
+async def test_triggers_starting_together_read_the_connection_once(http_server, cartd_conn, sleeps, monkeypatch):
+    from airflow_provider_pacifica.hooks import cartd as hook_module
+
+    cartd_conn()
+    http_server.sequence(cartd_head("ready"))
+    fetches = []
+    real_fetch = hook_module.PacificaCartdHook._fetch_config
+
+    async def counting_fetch(self):
+        fetches.append(self.pacifica_conn_id)
+        return await real_fetch(self)
+
+    monkeypatch.setattr(hook_module.PacificaCartdHook, "_fetch_config", counting_fetch)
+    monkeypatch.setattr(hook_module, "_ASYNC_CONFIGS", weakref.WeakKeyDictionary())
+    events = await asyncio.gather(*(first_event(CartReadyTrigger(cart_uid=f"c{i}")) for i in range(20)))
+    assert {e.payload["status"] for e in events} == {"ready"}
+    assert fetches == ["pacifica_cartd_default"]
