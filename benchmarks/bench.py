@@ -370,8 +370,9 @@ def report(results: dict[str, Any]) -> str:
     for cart in results["carts"]:
         label = f"{cart['name']} ({cart['files']} files, {cart['bytes'] / MIB:.0f} MiB)"
         for method, row in cart["methods"].items():
+            cell = method.replace("|", "\\|")  # a literal pipe inside a Markdown table cell
             lines.append(
-                f"| {label} | {method} | {row['median_seconds']:.2f} | {row['mb_per_s']:.0f} | "
+                f"| {label} | {cell} | {row['median_seconds']:.2f} | {row['mb_per_s']:.0f} | "
                 f"{row['ratio_to_curl_tar']:.2f} | {row['speedup_vs_old_library']:.2f}x | {row['peak_rss_mib']:.0f} |"
             )
     memory = results.get("memory") or []
@@ -412,14 +413,20 @@ def chart(results: dict[str, Any], path: Path) -> None:
     methods = list(results["carts"][0]["methods"])
     width = 0.8 / len(methods)
     for offset, method in enumerate(methods):
-        values = [cart["methods"][method]["mb_per_s"] for cart in results["carts"]]
+        values = [cart["methods"][method]["ratio_to_curl_tar"] for cart in results["carts"]]
         positions = [i + offset * width for i in range(len(results["carts"]))]
         axes[0].bar(positions, values, width, label=method)
     axes[0].set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(results["carts"]))])
-    axes[0].set_xticklabels([f"{c['name']}\n{c['files']} files" for c in results["carts"]])
-    axes[0].set_ylabel("MB/s (median)")
-    axes[0].set_title("Download throughput, same cart")
-    axes[0].legend(fontsize=8)
+    axes[0].set_xticklabels(
+        [
+            f"{c['name']}: {c['files']} files\ncurl | tar {c['methods']['curl | tar']['mb_per_s']:.0f} MB/s"
+            for c in results["carts"]
+        ]
+    )
+    axes[0].axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axes[0].set_ylabel("throughput / curl | tar (median)")
+    axes[0].set_title("Download speed relative to curl | tar, same cart")
+    axes[0].legend(fontsize=8, loc="lower center")
     if results.get("memory"):
         memory = results["memory"]
         axes[1].plot([m["gib"] for m in memory], [m["peak_rss_mib"] for m in memory], marker="o")
