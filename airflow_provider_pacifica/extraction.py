@@ -447,7 +447,7 @@ class _GuardedStream:
 def _member_path(member: tarfile.TarInfo, top_dir: str) -> str:
     """The member's path below ``top_dir``, or raise ``UnsafeMemberError``."""
     name = member.name
-    if name.startswith("/") or "\\" in name.split("/")[0] or "\x00" in name:
+    if name.startswith("/") or "\x00" in name:
         raise UnsafeMemberError(f"tar member {name!r} has an absolute path")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:

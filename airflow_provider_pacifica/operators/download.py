@@ -25,6 +25,7 @@ from airflow_provider_pacifica.exceptions import (
     CartNotFoundError,
     CartNotReadyError,
     InvalidInputError,
+    PacificaError,
     StreamError,
     UnsafeMemberError,
     VerificationError,
@@ -213,6 +214,8 @@ class PacificaDownloadOperator(BaseOperator):
             # Cartd's LRU may purge a cart while it waits: stage it once more, then wait again.
             self.log.warning("Cart %s vanished while waiting (%s); creating it again", cart_uid, event.get("message"))
             self._recreate(self.hook, cart_uid, files)
+        if status == "error" and event.get("retryable"):  # Cartd unreachable: retries may help
+            raise AirflowException(f"cart {cart_uid}: {event.get('message')}")
         if status == "error":
             self._fail_with_culprits(self.hook, cart_uid, str(event.get("message")))
         if status != "ready":
@@ -282,7 +285,11 @@ class PacificaDownloadOperator(BaseOperator):
             culprits = [(files[0], message)]
         elif len(files) <= self.diagnose_max_files:
             self.log.info("Cart %s failed; staging its %d files one by one to find the culprit", cart_uid, len(files))
-            culprits = probe_files(hook, cart_uid, files, timeout=min(self.timeout, 300.0))
+            try:
+                culprits = probe_files(hook, cart_uid, files, timeout=min(self.timeout, 300.0))
+            except PacificaError as err:  # the diagnosis is a courtesy; Cartd's own message stands
+                self.log.warning("Could not probe the files of cart %s: %s", cart_uid, err)
+                culprits = []
         else:
             culprits = []
         if culprits:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, conf
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_pacifica.hooks.cartd import PacificaCartdHook
 from airflow_provider_pacifica.triggers.cartd import CartReadyTrigger
@@ -24,7 +24,7 @@ class CartSensor(BaseSensorOperator):
     triggerer and holds no worker slot, however long tape staging takes; ``poke`` and
     ``reschedule`` modes work too. ``timeout`` and ``soft_fail`` behave as for any sensor. A cart
     in error, or one Cartd does not know, fails the task at once, without retries, with Cartd's
-    message.
+    message; Cartd unreachable for longer than the trigger's failure budget fails it with retries.
 
     :param cart_uid: the cart to wait for (templated).
     :param pacifica_conn_id: the ``pacifica_cartd`` connection (templated).
@@ -89,5 +89,7 @@ class CartSensor(BaseSensorOperator):
         """Resume after the trigger: succeed on ``ready``, fail at once otherwise."""
         if not event or event.get("status") != "ready":
             message = (event or {}).get("message", "the trigger sent no event")
+            if (event or {}).get("retryable"):  # Cartd was unreachable: let the task's retries act
+                raise AirflowException(f"cart {self.cart_uid}: {message}")
             raise AirflowFailException(f"cart {self.cart_uid}: {message}")
         self.log.info("Cart %s is ready", self.cart_uid)

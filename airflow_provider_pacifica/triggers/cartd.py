@@ -23,7 +23,8 @@ def _jittered(seconds: float) -> float:
 class CartReadyTrigger(BaseTrigger):
     """Poll ``HEAD /<cart_uid>`` until the cart is ready, failed or gone; yield one event.
 
-    The event is ``{"status": "ready" | "error" | "missing", "message": ..., "cart_uid": ...}``.
+    The event is ``{"status": "ready" | "error" | "missing", "message": ..., "cart_uid": ...}``;
+    an error that came from Cartd being unreachable (not from the cart) adds ``"retryable": True``.
     Polling only reads, so the trigger is safe to run twice (triggerer restarts, HA). Transient
     faults (Cartd restarting, timeouts, 502/503) are ridden through with backoff; only
     ``max_consecutive_failures`` of them in a row end in an ``error`` event.
@@ -63,8 +64,8 @@ class CartReadyTrigger(BaseTrigger):
             },
         )
 
-    def _event(self, status: str, message: str) -> TriggerEvent:
-        return TriggerEvent({"status": status, "message": message, "cart_uid": self.cart_uid})
+    def _event(self, status: str, message: str, **extra: bool) -> TriggerEvent:
+        return TriggerEvent({"status": status, "message": message, "cart_uid": self.cart_uid, **extra})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # No requests adapter: the trigger only speaks aiohttp.
@@ -79,7 +80,9 @@ class CartReadyTrigger(BaseTrigger):
                     except CartdTransientError as err:
                         failures += 1
                         if failures >= self.max_consecutive_failures:
-                            yield self._event("error", f"gave up after {failures} failed polls in a row: {err}")
+                            # Cartd unreachable, not the cart failing: a task retry may well succeed.
+                            message = f"gave up after {failures} failed polls in a row: {err}"
+                            yield self._event("error", message, retryable=True)
                             return
                         delay = min(self.poll_interval * 2**failures, self.max_poll_interval)
                         self.log.warning(

@@ -363,3 +363,18 @@ def test_a_deferral_timeout_behaves_like_any_sensor_timeout(soft_fail, outcome):
     expected = {"AirflowSensorTimeout": AirflowSensorTimeout, "AirflowSkipException": AirflowSkipException}[outcome]
     with pytest.raises(expected):
         sensor.resume_execution("__fail__", {"error": "Trigger timeout"}, make_context())
+
+
+def test_cartd_unreachable_fails_with_retries_not_at_once(http_server, tmp_path):
+    from airflow.sdk.exceptions import AirflowException
+
+    event = {"status": "error", "message": "gave up after 10 failed polls in a row", "cart_uid": "c", "retryable": True}
+    sensor = CartSensor(task_id="wait", cart_uid="c", deferrable=True)
+    with pytest.raises(AirflowException) as sensor_failure:
+        sensor.execute_complete(make_context(), event)
+    assert not isinstance(sensor_failure.value, AirflowFailException)
+    op = PacificaDownloadOperator(task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()])
+    with pytest.raises(AirflowException, match="gave up after 10 failed polls") as op_failure:
+        op.execute_complete(make_context(), event)
+    assert not isinstance(op_failure.value, AirflowFailException)
+    assert http_server.requests == []  # no probe carts staged against an unreachable Cartd

@@ -182,3 +182,12 @@ async def test_triggers_starting_together_read_the_connection_once(http_server, 
     events = await asyncio.gather(*(first_event(CartReadyTrigger(cart_uid=f"c{i}")) for i in range(20)))
     assert {e.payload["status"] for e in events} == {"ready"}
     assert fetches == ["pacifica_cartd_default"]
+
+
+async def test_giving_up_on_an_unreachable_cartd_is_marked_retryable(http_server, cartd_conn, sleeps):
+    cartd_conn()
+    http_server.sequence(Reply(503))
+    event = await first_event(CartReadyTrigger(cart_uid="c", max_consecutive_failures=2))
+    assert event.payload["retryable"] is True
+    http_server.sequence(cartd_head("error", "hash"))
+    assert "retryable" not in (await first_event(CartReadyTrigger(cart_uid="c"))).payload
