@@ -91,6 +91,12 @@ def get_provider_info() -> dict[str, Any]:
                         "Asset on which received ingest events are recorded (a ?asset= query overrides it).",
                         "pacifica://metadata/ingest",
                     ),
+                    "webhook_asset_by_source": _option(
+                        "JSON object mapping a CloudEvent source (one Pacifica deployment) to the asset URI its "
+                        'events are recorded on, e.g. {"/pacifica/metadata/ingest": "pacifica://site-a/ingest"}; '
+                        "other sources use webhook_asset_uri.",
+                        "",
+                    ),
                     "webhook_max_body_bytes": _option(
                         "Largest accepted request body; larger ones get 413.", str(4 * 1024 * 1024), "integer"
                     ),

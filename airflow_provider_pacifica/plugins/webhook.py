@@ -11,9 +11,10 @@ This plugin mounts ``POST /pacifica/events`` on the api-server:
 * CloudEvents 0.1 JSON (as Pacifica sends it), 1.0 structured JSON and 1.0 binary mode are
   accepted, up to ``[pacifica] webhook_max_body_bytes``; the event is validated with the
   provider's parser;
-* an asset event is recorded on ``pacifica://metadata/ingest`` (or the ``asset`` query
-  parameter's ``pacifica://`` URI) with the compacted CloudEvent in ``extra["cloudevent"]``,
-  and 201 is answered only after the database commit;
+* an asset event is recorded on the asset for the event's ``source`` (``[pacifica]
+  webhook_asset_by_source``, else ``webhook_asset_uri``, default ``pacifica://metadata/ingest``;
+  an ``asset`` query parameter overrides both) with the compacted CloudEvent in
+  ``extra["cloudevent"]``, and 201 is answered only after the database commit;
 * a redelivered event (same event id) records nothing and answers 200.
 """
 
@@ -115,6 +116,18 @@ def record_event(asset_uri: str, event_id: str, extra: dict[str, Any]) -> tuple[
     # create_session commits on leaving the block: the answer is sent after the commit.
 
 
+def asset_for_source(source: str | None) -> str:
+    """The asset an event is recorded on: ``[pacifica] webhook_asset_by_source`` maps an event's
+    ``source`` (one Pacifica deployment) to an asset URI; other sources use ``webhook_asset_uri``."""
+    default = conf.get("pacifica", "webhook_asset_uri", fallback=INGEST_ASSET_URI)
+    mapping_text = conf.get("pacifica", "webhook_asset_by_source", fallback="") or "{}"
+    try:
+        mapping = json.loads(mapping_text)
+    except json.JSONDecodeError:
+        raise ValueError("[pacifica] webhook_asset_by_source must be a JSON object {source: asset URI}") from None
+    return str(mapping.get(source, default)) if isinstance(mapping, dict) else default
+
+
 async def _read_body(request: Request, limit: int) -> bytes | None:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -159,7 +172,10 @@ def create_app() -> FastAPI:
         except CloudEventError as err:
             return _error(400, str(err))
 
-        asset_uri = asset or conf.get("pacifica", "webhook_asset_uri", fallback=INGEST_ASSET_URI)
+        try:
+            asset_uri = asset or asset_for_source(parsed.source)
+        except ValueError as err:  # a misconfiguration, reported as such
+            return _error(503, str(err))
         if not asset_uri.startswith("pacifica://"):
             return _error(400, f"asset must be a pacifica:// URI, got {asset_uri!r}")
         # Events without an id (a bare {"data": [...]}) are identified by their content.

@@ -185,3 +185,20 @@ def test_the_pacifica_uri_scheme_is_normalised():
     assert Asset(uri="pacifica://Metadata//ingest/").uri == "pacifica://metadata/ingest"
     with pytest.raises(ValueError, match="needs a service"):
         Asset(uri="pacifica:///ingest")
+
+
+def test_events_are_recorded_on_the_asset_of_their_source(webhook, monkeypatch):
+    from airflow.models.asset import AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    other = "pacifica://site-b/ingest"
+    with create_session() as session:
+        if session.scalar(select(AssetModel).where(AssetModel.uri == other)) is None:
+            session.add(AssetModel(name="site_b_ingest", uri=other, group="asset"))
+    monkeypatch.setenv("AIRFLOW__PACIFICA__WEBHOOK_ASSET_BY_SOURCE", json.dumps({"/site-b/metadata/ingest": other}))
+    event = load_fixture("dispatcher-example-event.json")
+    assert post(webhook, event).json()["asset_uri"] == ASSET_URI  # an unmapped source: the default
+    event.update(eventID="b-1", source="/site-b/metadata/ingest")
+    assert post(webhook, event).json()["asset_uri"] == other
+    assert [uri for _, uri in asset_events()] == [ASSET_URI, other]
