@@ -213,7 +213,7 @@ class PacificaDownloadOperator(BaseOperator):
         if status == "missing" and not is_recreated(cart_uid):
             # Cartd's LRU may purge a cart while it waits: stage it once more, then wait again.
             self.log.warning("Cart %s vanished while waiting (%s); creating it again", cart_uid, event.get("message"))
-            self._recreate(self.hook, cart_uid, files)
+            return self._download(self.hook, self._recreate(self.hook, cart_uid, files), context)
         if status == "error" and event.get("retryable"):  # Cartd unreachable: retries may help
             raise AirflowException(f"cart {cart_uid}: {event.get('message')}")
         if status == "error":
@@ -233,14 +233,15 @@ class PacificaDownloadOperator(BaseOperator):
         hook.create_cart(files, cart_uid=cart_uid, bundle=self.bundle)
         return hook.cart_status(cart_uid)
 
-    def _recreate(self, hook: PacificaCartdHook, cart_uid: str, files: Sequence[CartFile]) -> dict[str, Any]:
-        """Stage a lost cart once more, under a marked uid, then wait for it (deferred or here)."""
+    def _recreate(self, hook: PacificaCartdHook, cart_uid: str, files: Sequence[CartFile]) -> str:
+        """Stage a lost cart once more under a marked uid and wait for it: deferred (this raises
+        ``TaskDeferred``) or here, returning the new uid when it is ready."""
         new_uid = cart_uid + RECREATED_SUFFIX
         hook.create_cart(files, cart_uid=new_uid, bundle=self.bundle)
         if self.deferrable:
             self._defer(new_uid)
         self._wait_on_worker(hook, new_uid)
-        return {"cart_uid": new_uid}
+        return new_uid
 
     def _defer(self, cart_uid: str) -> NoReturn:
         self.defer(
@@ -325,8 +326,7 @@ class PacificaDownloadOperator(BaseOperator):
                 if is_recreated(cart_uid):
                     raise AirflowFailException(f"cart {cart_uid} vanished twice; giving up: {err}") from err
                 self.log.warning("Cart %s vanished before download (%s); creating it again", cart_uid, err)
-                new_uid = self._recreate(hook, cart_uid, files)["cart_uid"]
-                return self._download(hook, new_uid, context)
+                return self._download(hook, self._recreate(hook, cart_uid, files), context)
             except (StreamError, CartdTransientError) as err:
                 if attempt == self.download_attempts:
                     raise AirflowException(f"cart {cart_uid}: download failed {attempt} times: {err}") from err
