@@ -46,7 +46,7 @@ def split_files(
         batches = [[] for _ in range(min(parts, len(files)) or 1)]
         loads = [0] * len(batches)
         for file in sorted(files, key=lambda f: -(f.size or 0)):  # greedy: biggest into the lightest batch
-            lightest = loads.index(min(loads))
+            lightest = min(range(len(batches)), key=lambda i: (loads[i], len(batches[i])))
             batches[lightest].append(file)
             loads[lightest] += file.size or 0
     else:

@@ -293,6 +293,8 @@ def _make_file(file_id: Any, raw_path: str, record: Mapping[str, Any], where: st
         digest_size = hashlib.new(hashtype).digest_size
     except (ValueError, TypeError):
         raise CloudEventError(f"{where} ({_describe(record)}): hashtype {hashtype!r} is not known to hashlib") from None
+    if not digest_size:  # SHAKE digests have no fixed length: there is no hashsum to compare with
+        raise CloudEventError(f"{where} ({_describe(record)}): hashtype {hashtype!r} has no fixed digest size")
     hashsum = record["hashsum"]
     if not isinstance(hashsum, str) or not _HEX.match(hashsum.lower()):
         raise CloudEventError(f"{where} ({_describe(record)}): hashsum {hashsum!r} is not hexadecimal")

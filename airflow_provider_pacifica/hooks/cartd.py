@@ -437,6 +437,7 @@ class CartReader:
         self._identity: tuple[str | None, str | None] = (None, None)
         self._stack = contextlib.ExitStack()
         self._response: requests.Response | None = None
+        self._closed = False
 
     @property
     def resumable(self) -> bool:
@@ -471,7 +472,8 @@ class CartReader:
             return data
 
     def _can_resume(self) -> bool:
-        return self.resumable and self.resumes < self.max_resumes
+        # Never reconnect once closed: a reader thread may still be in read() when the caller quits.
+        return self.resumable and self.resumes < self.max_resumes and not self._closed
 
     def _resume(self, error: BaseException) -> None:
         self.resumes += 1
@@ -488,6 +490,8 @@ class CartReader:
         self._stack = contextlib.ExitStack()
         self._response = None
         time.sleep(_backoff(self.resumes - 1, self.hook.config.retry_backoff))
+        if self._closed:
+            raise CartdError(f"cart {self.cart_uid}: the download is closed")
         response = self._stack.enter_context(
             self.hook.open_cart_stream(self.cart_uid, self.filename, offset=self.offset)
         )
@@ -501,6 +505,7 @@ class CartReader:
         self._response = response
 
     def close(self) -> None:
+        self._closed = True
         self._stack.close()
         self._response = None
 

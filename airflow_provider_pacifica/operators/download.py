@@ -198,7 +198,7 @@ class PacificaDownloadOperator(BaseOperator):
             if self.deferrable:
                 self._defer(cart_uid)
             status = self._wait_on_worker(hook, cart_uid)
-        return self._download(hook, cart_uid, context)
+        return self._download(hook, status.cart_uid, context)  # a "-r1" uid if it had to be re-created
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after :class:`CartReadyTrigger`: download when ready, fail with Cartd's message otherwise.
@@ -266,7 +266,11 @@ class PacificaDownloadOperator(BaseOperator):
             if status.failed:
                 self._fail_with_culprits(hook, cart_uid, f"cart {cart_uid} failed: {status.message}")
             if status.missing:
-                raise AirflowFailException(f"cart {cart_uid} is missing: {status.message}")
+                if is_recreated(cart_uid):
+                    raise AirflowFailException(f"cart {cart_uid} vanished twice; giving up: {status.message}")
+                self.log.warning("Cart %s vanished while waiting (%s); creating it again", cart_uid, status.message)
+                cart_uid = self._recreate(hook, cart_uid, self.requested_files()[0])
+                continue
             if time.monotonic() + interval > deadline:
                 raise AirflowException(f"cart {cart_uid} was not ready after {self.timeout:.0f}s ({status.state})")
             self.log.info("Cart %s is %s; next poll in %.1fs", cart_uid, status.state, interval)
@@ -374,12 +378,12 @@ def probe_files(
 ) -> list[tuple[CartFile, str]]:
     """Stage each file in a cart of its own; return the files whose cart failed, with Cartd's message."""
     probes = {f"{cart_uid}-probe-{index}": file for index, file in enumerate(files)}
-    for probe_uid, file in probes.items():
-        hook.create_cart([file], cart_uid=probe_uid)
     culprits: list[tuple[CartFile, str]] = []
     pending = dict(probes)
     deadline = time.monotonic() + timeout
     try:
+        for probe_uid, file in probes.items():
+            hook.create_cart([file], cart_uid=probe_uid)
         while pending and time.monotonic() < deadline:
             for probe_uid, file in list(pending.items()):
                 status = hook.cart_status(probe_uid)
@@ -392,6 +396,6 @@ def probe_files(
                 time.sleep(0.5)
     finally:
         for probe_uid in probes:
-            with contextlib.suppress(CartdTransientError):
+            with contextlib.suppress(CartdError):
                 hook.delete_cart(probe_uid)
     return sorted(culprits, key=lambda culprit: files.index(culprit[0]))

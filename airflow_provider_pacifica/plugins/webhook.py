@@ -106,7 +106,9 @@ def record_event(asset_uri: str, event_id: str, extra: dict[str, Any]) -> tuple[
             .limit(DEDUPE_WINDOW)
         )
         for row_id, row_extra in recent:
-            if isinstance(row_extra, dict) and row_extra.get("cloudevent_id") == event_id:
+            # CloudEvents ids are unique per source: two Pacifica deployments may both send id "1".
+            same = isinstance(row_extra, dict) and row_extra.get("cloudevent_id") == event_id
+            if same and row_extra.get("source") == extra.get("source"):
                 return "duplicate", row_id
         recorded = asset_manager.register_asset_change(asset=asset, extra=extra, session=session)
         if recorded is None:

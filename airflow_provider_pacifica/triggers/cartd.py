@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_pacifica.exceptions import CartdTransientError, PacificaError
+from airflow_provider_pacifica.exceptions import CartdTransientError, InvalidInputError, PacificaError
 from airflow_provider_pacifica.hooks.cartd import PacificaCartdHook
 
 if TYPE_CHECKING:
@@ -108,7 +108,9 @@ class CartReadyTrigger(BaseTrigger):
                     self.log.debug("Cart %s is %s; next poll in %.1fs", self.cart_uid, status.state, interval)
                     await asyncio.sleep(_jittered(interval))
                     interval = min(interval * 1.5, self.max_poll_interval)
-        except PacificaError as err:  # bad connection settings, unexpected HTTP status
+        except InvalidInputError as err:  # bad connection settings: a retry cannot help
             yield self._event("error", str(err))
-        except Exception as err:  # e.g. the connection id does not exist
-            yield self._event("error", f"{type(err).__name__}: {err}")
+        except PacificaError as err:  # an unexpected answer (a proxy's 500, 401...), not the cart's state
+            yield self._event("error", str(err), retryable=True)
+        except Exception as err:  # e.g. the connection id does not exist (yet)
+            yield self._event("error", f"{type(err).__name__}: {err}", retryable=True)

@@ -51,3 +51,8 @@ def test_manifests_of_different_destinations_are_not_merged():
         merge_manifests(
             [{"destination": "/a", "cart_uid": "a", "files": []}, {"destination": "/b", "cart_uid": "b", "files": []}]
         )
+
+
+def test_parts_spread_files_of_unknown_size():
+    unsized = [CartFile(i, f"u/{i}", "sha1", SHA1) for i in range(6)]
+    assert [len(batch) for batch in split_files(unsized, parts=3)] == [2, 2, 2]

@@ -222,3 +222,8 @@ def test_parsing_does_not_change_the_event():
     before = copy.deepcopy(event)
     parse_cloudevent(event)
     assert event == before
+
+
+def test_a_shake_hashtype_without_a_fixed_length_is_refused():
+    with pytest.raises(CloudEventError, match="no fixed digest size"):
+        files_from_cloudevent({"data": [files_record(hashtype="shake_128", hashsum="ab" * 16)]})

@@ -378,3 +378,29 @@ def test_cartd_unreachable_fails_with_retries_not_at_once(http_server, tmp_path)
         op.execute_complete(make_context(), event)
     assert not isinstance(op_failure.value, AirflowFailException)
     assert http_server.requests == []  # no probe carts staged against an unreachable Cartd
+
+
+def test_without_deferral_a_purged_cart_is_staged_once_more(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    tar_for = {}
+    files = cart_files()
+
+    def handler(request):
+        uid = request.path.lstrip("/")
+        if request.method == "HEAD":
+            return cartd_head("ready") if uid.endswith("-r1") and uid in tar_for else cartd_head("missing", "purged")
+        if request.method == "POST":
+            tar_for[uid] = True
+            return Reply(201)
+        if request.method == "GET":
+            return Reply(200, {}, [build_tar()], chunked=True)
+        return Reply(200)
+
+    http_server.handler = handler
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path / "dest"), files=[f.to_dict() for f in files], poll_interval=0.01
+    )
+    manifest = op.execute(make_context())
+    assert manifest["cart_uid"].endswith("-r1")
+    assert [r.path.endswith("-r1") for r in http_server.requests if r.method == "POST"] == [False, True]
+    assert (tmp_path / "dest" / "a" / "b.txt").read_bytes() == CONTENTS["a/b.txt"]

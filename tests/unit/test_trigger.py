@@ -191,3 +191,10 @@ async def test_giving_up_on_an_unreachable_cartd_is_marked_retryable(http_server
     assert event.payload["retryable"] is True
     http_server.sequence(cartd_head("error", "hash"))
     assert "retryable" not in (await first_event(CartReadyTrigger(cart_uid="c"))).payload
+
+
+async def test_an_unexpected_answer_is_an_infrastructure_error_marked_retryable(http_server, cartd_conn, sleeps):
+    cartd_conn(max_retries=0)
+    http_server.sequence(Reply(500, {}, b"proxy error"))  # a 500 without X-Pacifica-Status: not the cart
+    event = await first_event(CartReadyTrigger(cart_uid="c"))
+    assert (event.payload["status"], event.payload.get("retryable")) == ("error", True)

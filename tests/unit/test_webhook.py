@@ -202,3 +202,11 @@ def test_events_are_recorded_on_the_asset_of_their_source(webhook, monkeypatch):
     event.update(eventID="b-1", source="/site-b/metadata/ingest")
     assert post(webhook, event).json()["asset_uri"] == other
     assert [uri for _, uri in asset_events()] == [ASSET_URI, other]
+
+
+def test_the_same_event_id_from_another_source_is_a_new_event(webhook):
+    event = load_fixture("dispatcher-example-event.json")
+    assert post(webhook, event).status_code == 201
+    event["source"] = "http://other-pacifica.example.org/transactions?_id=1"
+    assert post(webhook, event).status_code == 201
+    assert len(asset_events()) == 2
