@@ -77,8 +77,8 @@ class PacificaDownloadOperator(BaseOperator):
     :param max_resumes: with ``bundle=True``, how many times a broken download is resumed with an
         HTTP Range request from the last byte received, before it is restarted.
     :param progress_interval: seconds between progress lines in the task log.
-    :param durable: fsync every file and directory before and after publishing, so that a power
-        loss cannot leave published files empty (slower, most with many small files).
+    :param durable: fsync every file before publishing and the destination directory after
+        (slower, most with many small files). Subdirectories are not fsynced yet.
     :param skip_if_present: when every file is already in ``destination`` with the right size and
         hash (a retry after a successful download), return the manifest without downloading.
     :param diagnose_max_files: when Cartd fails a cart of at most this many files, stage each
