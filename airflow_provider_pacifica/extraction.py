@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_pacifica.exceptions import (
     ExtractionError,
@@ -36,6 +36,7 @@ from airflow_provider_pacifica.exceptions import (
     UnsafeMemberError,
     VerificationError,
 )
+from airflow_provider_pacifica.tarstream import Readable, TarStreamReader
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -52,12 +53,7 @@ _MEMBER_KINDS = {
     tarfile.CONTTYPE: "contiguous file",
     tarfile.GNUTYPE_SPARSE: "sparse file",
 }
-
-
-class Readable(Protocol):
-    """What the extractor needs of a stream: ``read(size)`` returning bytes, ``b""`` at the end."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
+_PLAIN_FILE_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE}
 
 
 @dataclass(frozen=True)
@@ -196,7 +192,6 @@ def stage_files(
     staging_root = str(staging)
     made_dirs = {""}
 
-    buffer = bytearray(CHUNK_SIZE)
     done: dict[str, ExtractedFile] = {}
     bytes_done = 0
     sizes = [f.size for f in files]
@@ -212,62 +207,46 @@ def stage_files(
 
     prefetcher = _Prefetcher(stream)
     try:
-        guarded: Any = _GuardedStream(prefetcher)  # tarfile needs only read()
-        with tarfile.open(fileobj=guarded, mode="r|", bufsize=CHUNK_SIZE) as archive:
-            for member in archive:
-                relative = _member_path(member, top_dir)
-                if member.isdir():
-                    if relative and relative not in directories:
-                        raise UnsafeMemberError(f"tar member {member.name!r} is a directory that was not requested")
-                    continue
-                if not member.isreg() or member.type == tarfile.CONTTYPE:
-                    kind = _MEMBER_KINDS.get(member.type, f"member of type {member.type!r}")
-                    raise UnsafeMemberError(f"tar member {member.name!r} is a {kind}; only regular files are accepted")
-                wanted = expected.get(relative)
-                if wanted is None:
-                    raise UnsafeMemberError(f"tar member {member.name!r} was not requested")
-                if relative in done:
-                    raise UnsafeMemberError(f"tar member {member.name!r} appears twice")
-                if wanted.size is not None and member.size != wanted.size:
-                    raise VerificationError(
-                        f"file {wanted.path!r} (id {wanted.id!r}) is {member.size} bytes in the cart, "
-                        f"Pacifica said {wanted.size}"
-                    )
-                source = archive.extractfile(member)
-                if source is None:  # isreg() members always have data; keep mypy and readers sure
-                    raise UnsafeMemberError(f"tar member {member.name!r} has no data")
-                parent, _, _ = relative.rpartition("/")
-                if parent not in made_dirs:
-                    os.makedirs(os.path.join(staging_root, parent), exist_ok=True)
-                    made_dirs.add(parent)
-                target = os.path.join(staging_root, relative)
-                digest = hashlib.new(wanted.hashtype)
-                view = memoryview(buffer)
-                written = 0
-                with source, open(target, "xb", buffering=0) as out:
-                    while True:
-                        count = source.readinto(view)  # type: ignore[attr-defined]  # a BufferedReader
-                        if not count:
-                            break
-                        chunk = view[:count]
-                        digest.update(chunk)
-                        out.write(chunk)
-                        written += count
-                        bytes_done += count
-                        report()
-                    if durable:
-                        os.fsync(out.fileno())
-                if written != member.size:
-                    raise StreamError(f"file {wanted.path!r}: stream ended after {written} of {member.size} bytes")
-                if digest.hexdigest() != wanted.hashsum:
-                    raise VerificationError(
-                        f"file {wanted.path!r} (id {wanted.id!r}) has {wanted.hashtype} {digest.hexdigest()}, "
-                        f"Pacifica said {wanted.hashsum}"
-                    )
-                done[relative] = ExtractedFile(wanted.id, wanted.path, written, wanted.hashtype, wanted.hashsum)
-                report()
-    except (tarfile.ReadError, tarfile.HeaderError, EOFError) as err:
-        raise StreamError(f"the cart stream is truncated or not a tar: {err}") from err
+        reader = TarStreamReader(_GuardedStream(prefetcher), CHUNK_SIZE)
+        for member in reader:
+            relative = _member_path(member, top_dir)
+            if member.isdir():
+                if relative and relative not in directories:
+                    raise UnsafeMemberError(f"tar member {member.name!r} is a directory that was not requested")
+                continue
+            if member.type not in _PLAIN_FILE_TYPES:
+                kind = _MEMBER_KINDS.get(member.type, f"member of type {member.type!r}")
+                raise UnsafeMemberError(f"tar member {member.name!r} is a {kind}; only regular files are accepted")
+            wanted = expected.get(relative)
+            if wanted is None:
+                raise UnsafeMemberError(f"tar member {member.name!r} was not requested")
+            if relative in done:
+                raise UnsafeMemberError(f"tar member {member.name!r} appears twice")
+            if wanted.size is not None and member.size != wanted.size:
+                raise VerificationError(
+                    f"file {wanted.path!r} (id {wanted.id!r}) is {member.size} bytes in the cart, "
+                    f"Pacifica said {wanted.size}"
+                )
+            parent, _, _ = relative.rpartition("/")
+            if parent not in made_dirs:
+                os.makedirs(os.path.join(staging_root, parent), exist_ok=True)
+                made_dirs.add(parent)
+            digest = hashlib.new(wanted.hashtype)
+            with open(os.path.join(staging_root, relative), "xb", buffering=0) as out:
+                for chunk in reader.data():
+                    digest.update(chunk)
+                    out.write(chunk)
+                    bytes_done += len(chunk)
+                    report()
+                if durable:
+                    os.fsync(out.fileno())
+            if digest.hexdigest() != wanted.hashsum:
+                raise VerificationError(
+                    f"file {wanted.path!r} (id {wanted.id!r}) has {wanted.hashtype} {digest.hexdigest()}, "
+                    f"Pacifica said {wanted.hashsum}"
+                )
+            done[relative] = ExtractedFile(wanted.id, wanted.path, member.size, wanted.hashtype, wanted.hashsum)
+            report()
     except OSError as err:
         if isinstance(err, FileExistsError):  # two names that normalise to one path
             raise UnsafeMemberError(f"tar member written twice: {err.filename}") from err
