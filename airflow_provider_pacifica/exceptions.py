@@ -54,3 +54,17 @@ class VerificationError(ExtractionError):
 
 class StreamError(ExtractionError):
     """The tar stream ended early or could not be read; the download may be retried."""
+
+
+class RollbackError(ExtractionError):
+    """Publishing failed midway and some moves could not be undone.
+
+    Nothing is deleted then: the files it replaced stay in ``kept``, for a person to put back.
+
+    :param message: what failed, and where the replaced files are kept.
+    :param kept: the directory holding the staging tree and the replaced originals.
+    """
+
+    def __init__(self, message: str, kept: str) -> None:
+        super().__init__(message)
+        self.kept = kept

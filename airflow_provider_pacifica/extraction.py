@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_pacifica.exceptions import (
     ExtractionError,
     InvalidInputError,
+    RollbackError,
     StreamError,
     UnsafeMemberError,
     VerificationError,
@@ -123,11 +124,15 @@ def extract_cart(
     :raises VerificationError: wrong size or hash, or a requested file did not arrive.
     :raises StreamError: the stream ended early or is not a tar.
     """
-    dest = Path(destination).absolute()
+    dest = Path(destination).resolve()  # a symlinked destination receives the files in its target
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {dest} exists and is not a directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pacifica-staging-", dir=dest.parent))
+    # Stage on the destination's filesystem, or the final renames would fail (EXDEV) after the whole
+    # download: beside it usually, inside it when it is a mount point or a symlink to elsewhere.
+    beside = not dest.is_dir() or os.stat(dest).st_dev == os.stat(dest.parent).st_dev
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pacifica-staging-", dir=dest.parent if beside else dest))
+    keep_staging = False
     try:
         extracted = stage_files(
             stream,
@@ -140,8 +145,12 @@ def extract_cart(
         )
         publish(staging / "files", dest, staging / "replaced", durable=durable)
         return extracted
+    except RollbackError:
+        keep_staging = True  # it holds the only copy of the files the failed publish replaced
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not keep_staging:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def verify_published(files: Sequence[CartFile], destination: str | os.PathLike[str]) -> list[ExtractedFile] | None:
@@ -276,10 +285,19 @@ def publish(staging: Path, destination: Path, backup_dir: Path, *, durable: bool
     undo: list[Callable[[], None]] = []
     try:
         _move_tree(str(staging), str(destination), "", str(backup_dir), undo)
-    except BaseException:
+    except BaseException as err:
+        stuck: list[OSError] = []
         for action in reversed(undo):
-            with contextlib.suppress(OSError):
+            try:
                 action()
+            except OSError as undo_err:
+                stuck.append(undo_err)
+        if stuck:
+            raise RollbackError(
+                f"publishing into {destination} failed ({type(err).__name__}: {err}) and {len(stuck)} move(s) "
+                f"could not be undone (first: {stuck[0]}); the files it replaced are kept in {backup_dir}",
+                str(backup_dir.parent),
+            ) from err
         raise
     if durable:  # make the renames themselves durable
         _fsync_path(destination)

@@ -3,6 +3,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from airflow_provider_pacifica import extraction
 from airflow_provider_pacifica.exceptions import (
     ExtractionError,
     InvalidInputError,
+    RollbackError,
     StreamError,
     UnsafeMemberError,
     VerificationError,
@@ -154,6 +158,61 @@ def test_a_failed_publish_puts_everything_back(workspace, monkeypatch):
     monkeypatch.setattr(extraction.os, "rename", real_rename)
     assert len(moves) >= 4
     assert snapshot(workspace.parent) == before
+
+
+def test_a_rollback_that_fails_keeps_the_replaced_files_and_says_where(workspace, monkeypatch):
+    (workspace / "a").mkdir()
+    (workspace / "a" / "b.txt").write_bytes(b"old version")
+    real_replace, real_rename = os.replace, os.rename
+    moves = []
+
+    def broken_after_three(real):
+        def move(src, dst):
+            moves.append(dst)
+            if len(moves) >= 4:  # publishing fails, and so does every move back
+                raise OSError("disk gone")
+            return real(src, dst)
+
+        return move
+
+    monkeypatch.setattr(extraction.os, "replace", broken_after_three(real_replace))
+    monkeypatch.setattr(extraction.os, "rename", broken_after_three(real_rename))
+    with pytest.raises(RollbackError, match=r"could not be undone .* kept in ") as raised:
+        extract_cart(io.BytesIO(build_tar()), cart_files(), workspace, "data")
+    monkeypatch.setattr(extraction.os, "replace", real_replace)
+    monkeypatch.setattr(extraction.os, "rename", real_rename)
+    kept = Path(raised.value.kept)
+    assert kept.parent == workspace.parent  # the staging dir, not deleted
+    assert [p.read_bytes() for p in (kept / "replaced").iterdir()] == [b"old version"]
+
+
+def test_a_destination_that_is_a_mount_point_is_staged_inside_it(monkeypatch):
+    # Staged beside it, the final renames would cross filesystems (EXDEV) after the whole download.
+    mount = Path("/dev/shm")
+    if not os.path.ismount(mount) or not os.access(mount, os.W_OK):
+        pytest.skip("needs /dev/shm to be a writable mount point")
+    contents = {f"pacifica-test-{uuid.uuid4().hex}/file.txt": b"on the mount"}
+    top = Path(next(iter(contents))).parent
+    staged_in = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(extraction.tempfile, "mkdtemp", lambda **kw: staged_in.append(kw["dir"]) or real_mkdtemp(**kw))
+    try:
+        extract_cart(io.BytesIO(build_tar(contents)), cart_files(contents), mount, "data")
+        assert staged_in == [mount]
+        assert (mount / top / "file.txt").read_bytes() == b"on the mount"
+        assert not [p for p in mount.iterdir() if "pacifica-staging" in p.name]
+    finally:
+        shutil.rmtree(mount / top, ignore_errors=True)
+
+
+def test_a_destination_that_is_a_symlink_receives_the_files_in_its_target(tmp_path):
+    target = tmp_path / "real"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    extract_cart(io.BytesIO(build_tar()), cart_files(), tmp_path / "link", "data")
+    for path, data in CONTENTS.items():
+        assert (target / path).read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
 
 
 def test_publish_refuses_a_directory_where_a_file_must_go(workspace):
