@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import certifi
+
 from airflow_provider_pacifica.exceptions import InvalidInputError
 
 CONN_TYPE = "pacifica_cartd"
@@ -198,11 +200,20 @@ class CartdConnectionConfig:
         return (self.client_cert, self.client_key) if self.client_key else self.client_cert
 
     @property
+    def ca_file(self) -> str:
+        """The CA bundle both clients trust: the connection's ``ca_bundle``, else ``REQUESTS_CA_BUNDLE`` or
+        ``CURL_CA_BUNDLE`` as requests reads them, else certifi's (so sync and async calls agree)."""
+        return (
+            self.ca_bundle
+            or os.environ.get("REQUESTS_CA_BUNDLE")
+            or os.environ.get("CURL_CA_BUNDLE")
+            or certifi.where()
+        )
+
+    @property
     def verify_option(self) -> bool | str:
-        """The ``verify`` value as requests takes it (a CA bundle path wins)."""
-        if not self.verify:
-            return False
-        return self.ca_bundle or True
+        """The ``verify`` value as requests takes it: False, or the CA bundle to trust."""
+        return self.ca_file if self.verify else False
 
     def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate a request (bearer token); basic auth is done by the client."""
@@ -220,7 +231,7 @@ class CartdConnectionConfig:
         """An SSL context for aiohttp that matches :attr:`verify_option` and :attr:`cert`."""
         if not self.base_url.startswith("https://"):
             return True
-        context = ssl.create_default_context(cafile=self.ca_bundle or None)
+        context = ssl.create_default_context(cafile=self.ca_file)
         if not self.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

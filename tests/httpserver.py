@@ -22,6 +22,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    target: str = ""  # the request line's target as sent: an absolute URL when it came through a proxy
 
 
 @dataclass
@@ -57,7 +58,9 @@ class ScriptedServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 parts = urlsplit(self.path)
-                request = Request(self.command, parts.path, parse_qs(parts.query), dict(self.headers.items()), body)
+                request = Request(
+                    self.command, parts.path, parse_qs(parts.query), dict(self.headers.items()), body, self.path
+                )
                 server.requests.append(request)
                 reply = server.handler(request)
                 if reply.delay:

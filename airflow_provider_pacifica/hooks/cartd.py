@@ -214,14 +214,18 @@ class PacificaCartdHook(HttpHook):
         config.check_files()
         self.base_url = config.base_url
         session = requests.Session()
+        # The connection decides: with trust_env, requests lets HTTPS_PROXY and REQUESTS_CA_BUNDLE
+        # override the session's own settings (and reads ~/.netrc). Both are honoured, in their place,
+        # by config.proxy_url() and config.ca_file when the connection does not say.
+        session.trust_env = False
         session.headers["User-Agent"] = USER_AGENT
         session.headers.update(config.auth_headers())
         if config.login:
             session.auth = HTTPBasicAuth(config.login, config.password or "")
         session.verify = config.verify_option
         session.cert = config.cert
-        if config.proxies:
-            session.proxies.update(config.proxies)
+        if proxy := config.proxy_url():
+            session.proxies = {"http": proxy, "https": proxy}
         session = self._configure_session_from_mount_adapters(session)
         if headers:
             session.headers.update(headers)

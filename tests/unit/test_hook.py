@@ -305,3 +305,30 @@ def test_a_missing_ca_bundle_is_reported(cartd_conn):
     cartd_conn(ca_bundle="/nowhere/ca.pem")
     with pytest.raises(InvalidInputError, match=r"/nowhere/ca\.pem is not a readable file"):
         PacificaCartdHook().cart_status("c")
+
+
+def test_the_connections_proxy_wins_over_the_environment(http_server, cartd_conn, monkeypatch):
+    # The scripted server plays the forward proxy the connection names; the environment names a dead one.
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    cartd_conn(proxies={"http": f"http://127.0.0.1:{http_server.port}"})
+    http_server.sequence(cartd_head("ready"))
+    assert PacificaCartdHook().cart_status("cart-1").ready
+    assert http_server.requests[0].target == f"http://127.0.0.1:{http_server.port}/cart-1"  # a proxy request
+
+
+def test_the_connections_ca_bundle_wins_over_requests_ca_bundle(cartd_conn, monkeypatch, tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/elsewhere.pem")
+    cartd_conn(ca_bundle=str(bundle))
+    session = PacificaCartdHook().get_conn()
+    assert session.merge_environment_settings("https://127.0.0.1/", {}, None, None, None)["verify"] == str(bundle)
+
+
+def test_requests_ca_bundle_applies_when_the_connection_names_none(cartd_conn, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/elsewhere.pem")
+    cartd_conn()
+    assert PacificaCartdHook().get_conn().verify == "/etc/elsewhere.pem"
+    cartd_conn(verify=False)
+    assert PacificaCartdHook().get_conn().verify is False
