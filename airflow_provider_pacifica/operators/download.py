@@ -24,8 +24,10 @@ from airflow_provider_pacifica.exceptions import (
     CartdTransientError,
     CartNotFoundError,
     CartNotReadyError,
+    ExtractionError,
     InvalidInputError,
     PacificaError,
+    RollbackError,
     StreamError,
     UnsafeMemberError,
     VerificationError,
@@ -321,8 +323,12 @@ class PacificaDownloadOperator(BaseOperator):
                 break
             except (UnsafeMemberError, VerificationError) as err:
                 raise AirflowFailException(f"cart {cart_uid}: {err}; {destination} was left unchanged") from err
+            except RollbackError as err:  # a person must put the kept files back: a retry must not touch them
+                raise AirflowFailException(f"cart {cart_uid}: {err}") from err
             except CartNotReadyError as err:
                 status = hook.cart_status(cart_uid)
+                if status.failed:  # it failed between our HEAD and the GET: no retry can help
+                    self._fail_with_culprits(hook, cart_uid, f"cart {cart_uid} failed: {status.message}")
                 raise AirflowException(
                     f"cart {cart_uid} is not downloadable ({status.state}: {status.message})"
                 ) from err
@@ -341,6 +347,8 @@ class PacificaDownloadOperator(BaseOperator):
                     attempt,
                     self.download_attempts,
                 )
+            except ExtractionError as err:  # the destination conflicts (a directory where a file must go)
+                raise AirflowFailException(f"cart {cart_uid}: {err}; {destination} was left unchanged") from err
 
         manifest = self._manifest(cart_uid, extracted, event_summary)
         self.log.info(

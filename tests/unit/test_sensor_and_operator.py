@@ -404,3 +404,21 @@ def test_without_deferral_a_purged_cart_is_staged_once_more(http_server, cartd_c
     assert manifest["cart_uid"].endswith("-r1")
     assert [r.path.endswith("-r1") for r in http_server.requests if r.method == "POST"] == [False, True]
     assert (tmp_path / "dest" / "a" / "b.txt").read_bytes() == CONTENTS["a/b.txt"]
+
+
+def test_a_cart_that_fails_between_ready_and_download_fails_the_task_at_once(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    heads = []
+
+    def handler(request):
+        if request.method == "HEAD":
+            heads.append(request.path)
+            return cartd_head("ready" if len(heads) == 1 else "error", "Failed to pull file(disk error)")
+        return Reply(202, {"Content-Type": "text/plain"}, b"The cart is not ready for download.")
+
+    http_server.handler = handler
+    only = cart_files()[:1]
+    op = PacificaDownloadOperator(task_id="d", destination=str(tmp_path / "dest"), files=[f.to_dict() for f in only])
+    with pytest.raises(AirflowFailException, match=r"failed: Failed to pull file\(disk error\); failing file\(s\)"):
+        op.execute(make_context())
+    assert not (tmp_path / "dest").exists()
