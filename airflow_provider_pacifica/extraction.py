@@ -127,12 +127,13 @@ def extract_cart(
     dest = Path(destination).resolve()  # a symlinked destination receives the files in its target
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {dest} exists and is not a directory")
+    created_parents = [p for p in dest.parents if not p.exists()]  # innermost first; removed again on failure
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Stage on the destination's filesystem, or the final renames would fail (EXDEV) after the whole
-    # download: beside it usually, inside it when it is a mount point or a symlink to elsewhere.
+    # download: beside it usually, inside it when it is a mount point.
     beside = not dest.is_dir() or os.stat(dest).st_dev == os.stat(dest.parent).st_dev
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pacifica-staging-", dir=dest.parent if beside else dest))
-    keep_staging = False
+    keep_staging = published = False
     try:
         extracted = stage_files(
             stream,
@@ -144,6 +145,7 @@ def extract_cart(
             durable=durable,
         )
         publish(staging / "files", dest, staging / "replaced", durable=durable)
+        published = True
         return extracted
     except RollbackError:
         keep_staging = True  # it holds the only copy of the files the failed publish replaced
@@ -151,6 +153,9 @@ def extract_cart(
     finally:
         if not keep_staging:
             shutil.rmtree(staging, ignore_errors=True)
+            for parent in [] if published else created_parents:
+                with contextlib.suppress(OSError):  # not empty: someone else is using it now
+                    parent.rmdir()
 
 
 def verify_published(files: Sequence[CartFile], destination: str | os.PathLike[str]) -> list[ExtractedFile] | None:

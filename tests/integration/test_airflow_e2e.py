@@ -87,7 +87,7 @@ def test_a_notification_runs_the_download_dag_deferred_and_verified(airflow, car
     queued_after = time.monotonic() - posted
     assert run["run_type"] == "asset_triggered"
     run_id = run["dag_run_id"]
-    destination = airflow.home / "downloads" / run_id
+    destination = airflow.home / "downloads" / run_id / event["eventID"]
 
     seen_states: set[str] = set()
     files_after = None
@@ -107,10 +107,14 @@ def test_a_notification_runs_the_download_dag_deferred_and_verified(airflow, car
         ti["task_id"]: ti["state"]
         for ti in airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
     }
-    assert states == {"pick_cloudevent": "success", "download": "success", "summarize": "success"}
+    assert states == {"pick_cloudevents": "success", "download": "success", "summarize": "success"}
 
     # The wait really ran in the triggerer: the task was deferred and the triggerer logged its trigger.
-    trigger_logs = list((airflow.home / "logs").rglob("task_id=download/attempt=1.log.trigger.*.log"))
+    trigger_logs = [
+        log
+        for log in (airflow.home / "logs").rglob("attempt=1.log.trigger.*.log")
+        if "task_id=download" in log.parts  # under map_index=0/ now that downloads are mapped per event
+    ]
     assert trigger_logs, f"no triggerer log for the download task (states seen: {seen_states})"
     assert "ready" in trigger_logs[0].read_text(errors="replace")
 

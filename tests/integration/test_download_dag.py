@@ -81,10 +81,10 @@ def test_cloudevent_dag_downloads_verified_files_and_summarises_them(
     monkeypatch.setenv("PACIFICA_DOWNLOAD_ROOT", str(tmp_path))
     event = ingest_event(cartd_stack, TEXT_FILES)
     dag_run = load_dag("pacifica_cloudevent_download").test(run_conf={"cloudevent": event})
-    assert task_states(dag_run) == {"pick_cloudevent": "success", "download": "success", "summarize": "success"}
+    assert task_states(dag_run) == {"pick_cloudevents": "success", "download": "success", "summarize": "success"}
     assert str(dag_run.state) == "success"
 
-    destination = tmp_path / dag_run.run_id
+    destination = tmp_path / dag_run.run_id / event["eventID"]
     for path, data in TEXT_FILES.items():
         assert (destination / path).read_bytes() == data
     assert sorted(str(p.relative_to(destination)) for p in destination.rglob("*") if p.is_file()) == sorted(TEXT_FILES)

@@ -59,6 +59,13 @@ def test_the_destination_is_created_when_missing(tmp_path):
     assert (destination / "a" / "b.txt").read_bytes() == CONTENTS["a/b.txt"]
 
 
+def test_a_failed_download_removes_the_parent_directories_it_created(tmp_path):
+    (tmp_path / "root").mkdir()
+    with pytest.raises(VerificationError):
+        extract_cart(io.BytesIO(build_tar(skip=("a/b.txt",))), cart_files(), tmp_path / "root/run/event", "data")
+    assert list((tmp_path / "root").iterdir()) == []
+
+
 def test_existing_files_at_the_same_paths_are_replaced(workspace):
     (workspace / "a").mkdir()
     (workspace / "a" / "b.txt").write_bytes(b"old version")

@@ -92,7 +92,7 @@ def test_example_dags_are_documented_and_serialize(dagbag):
 def test_the_cloudevent_dag_is_scheduled_on_the_pacifica_ingest_asset_and_waits_deferred(dagbag):
     dag = dagbag.dags["pacifica_cloudevent_download"]
     assert [a.uri for a in dag.timetable.asset_condition.objects] == ["pacifica://metadata/ingest"]
-    assert dag.get_task("download").deferrable is True
+    assert dag.get_task("download").partial_kwargs["deferrable"] is True
     assert dagbag.dags["pacifica_cart_sensor"].get_task("wait_for_cart").deferrable is True
 
 
@@ -115,3 +115,34 @@ def test_airflow_cli_lists_the_hook(tmp_path):
     hooks = {row["connection_type"]: row for row in json.loads(listing)}
     assert hooks["pacifica_cartd"]["class"] == "airflow_provider_pacifica.hooks.cartd.PacificaCartdHook"
     assert hooks["pacifica_cartd"]["conn_id_attribute_name"] == "pacifica_conn_id"
+
+
+def test_every_queued_ingest_event_gets_its_own_download_directory(dagbag):
+    from types import SimpleNamespace
+
+    pick = dagbag.dags["pacifica_cloudevent_download"].get_task("pick_cloudevents").python_callable
+    ingest, root = pick.__globals__["PACIFICA_INGEST"], pick.__globals__["DOWNLOAD_ROOT"]
+
+    def event(event_id, files="f"):
+        return {"cloudEventsVersion": "0.1", "eventID": event_id, "data": files}
+
+    queued = [event("ingest.1"), event("ingest.2"), event("ingest.1"), event("a/b"), event("a_b"), event("../..")]
+    downloads = pick(
+        triggering_asset_events={ingest: [SimpleNamespace(extra={"cloudevent": e}) for e in queued]}, run_id="r"
+    )
+    assert [d["destination"].removeprefix(f"{root}/r/") for d in downloads] == [
+        "ingest.1",  # once: the same event delivered twice
+        "ingest.2",
+        "a_b",
+        "a_b-4",  # another event whose id makes the same name is kept
+        "event-5",  # nothing usable in the id
+    ]
+    assert [d["cloudevent"]["eventID"] for d in downloads] == ["ingest.1", "ingest.2", "a/b", "a_b", "../.."]
+
+
+def test_a_manual_run_downloads_the_event_in_its_conf_and_nothing_is_an_error(dagbag):
+    pick = dagbag.dags["pacifica_cloudevent_download"].get_task("pick_cloudevents").python_callable
+    conf_run = type("Run", (), {"conf": {"cloudevent": '{"eventID": "e1", "data": []}'}})()
+    assert [d["cloudevent"]["eventID"] for d in pick(dag_run=conf_run, run_id="r")] == ["e1"]
+    with pytest.raises(ValueError, match="no CloudEvent"):
+        pick(triggering_asset_events={}, dag_run=None, run_id="r")
