@@ -118,8 +118,9 @@ def extract_cart(
     :param top_dir: the tar's top directory: the download ``filename`` without ``.tar`` in
         Cartd's streaming mode, the cart uid in bundle mode.
     :param on_progress: called with a :class:`Progress` every ``progress_interval`` seconds and at the end.
-    :param durable: fsync every file before it is moved into place, and the directories after
-        (survives a power loss; costs time, most with many small files).
+    :param durable: fsync every file and staging directory before anything moves, and every
+        directory that received a rename after (survives a power loss; costs time, most with many
+        small files).
     :raises UnsafeMemberError: a member that must not be extracted.
     :raises VerificationError: wrong size or hash, or a requested file did not arrive.
     :raises StreamError: the stream ended early or is not a tar.
@@ -272,6 +273,9 @@ def stage_files(
     if missing:
         shown = ", ".join(repr(p) for p in missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise VerificationError(f"{len(missing)} requested file(s) did not arrive: {shown}")
+    if durable:  # the files' names live in their directories: those must reach the disk too
+        for directory, _, _ in os.walk(staging_root):
+            _fsync_path(directory)
     report(force=True)
     return [done[f.path] for f in files]
 
@@ -288,8 +292,9 @@ def publish(staging: Path, destination: Path, backup_dir: Path, *, durable: bool
     if os.path.lexists(destination):
         _check_merge(str(staging), str(destination), "")
     undo: list[Callable[[], None]] = []
+    moved_into: set[str] = set()  # directories that received a rename
     try:
-        _move_tree(str(staging), str(destination), "", str(backup_dir), undo)
+        _move_tree(str(staging), str(destination), "", str(backup_dir), undo, moved_into)
     except BaseException as err:
         stuck: list[OSError] = []
         for action in reversed(undo):
@@ -305,8 +310,8 @@ def publish(staging: Path, destination: Path, backup_dir: Path, *, durable: bool
             ) from err
         raise
     if durable:  # make the renames themselves durable
-        _fsync_path(destination)
-        _fsync_path(destination.parent)
+        for directory in sorted(moved_into):
+            _fsync_path(directory)
 
 
 def _check_merge(source_dir: str, target_dir: str, relative: str) -> None:
@@ -327,12 +332,20 @@ def _check_merge(source_dir: str, target_dir: str, relative: str) -> None:
                 raise ExtractionError(f"cannot publish {path!r}: {target} is a directory")
 
 
-def _move_tree(source: str, target: str, relative: str, backup_dir: str, undo: list[Callable[[], None]]) -> None:
+def _move_tree(
+    source: str,
+    target: str,
+    relative: str,
+    backup_dir: str,
+    undo: list[Callable[[], None]],
+    moved_into: set[str],
+) -> None:
     is_dir = os.path.isdir(source) and not os.path.islink(source)
     if not os.path.lexists(target):
         try:
             os.rename(source, target)  # a file, or a whole subtree in one step
             undo.append(lambda: os.rename(target, source))
+            moved_into.add(os.path.dirname(target))
             return
         except OSError as err:
             if not (is_dir and err.errno in (errno.ENOTEMPTY, errno.EEXIST)):
@@ -349,6 +362,7 @@ def _move_tree(source: str, target: str, relative: str, backup_dir: str, undo: l
                 f"{relative}/{name}".lstrip("/"),
                 backup_dir,
                 undo,
+                moved_into,
             )
         return
     if stat.S_ISDIR(existing.st_mode):
@@ -359,6 +373,7 @@ def _move_tree(source: str, target: str, relative: str, backup_dir: str, undo: l
     undo.append(lambda: os.replace(backup, target))
     os.replace(source, target)
     undo.append(lambda: os.replace(target, source))
+    moved_into.add(os.path.dirname(target))
 
 
 def _fsync_path(path: str | os.PathLike[str]) -> None:

@@ -96,7 +96,9 @@ def record_event(asset_uri: str, event_id: str, extra: dict[str, Any]) -> tuple[
     from sqlalchemy import select
 
     with _RECORD_LOCK, create_session() as session:
-        asset = session.scalar(select(AssetModel).where(AssetModel.uri == asset_uri).limit(1))
+        # FOR UPDATE (PostgreSQL, MySQL) holds the asset's row until the commit, so api-server
+        # processes on other hosts check-then-insert one at a time as the lock above does within one.
+        asset = session.scalar(select(AssetModel).where(AssetModel.uri == asset_uri).limit(1).with_for_update())
         if asset is None:
             return "no-asset", None
         recent = session.execute(

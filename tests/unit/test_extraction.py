@@ -262,6 +262,16 @@ def test_durable_mode_publishes_the_same_files(workspace):
         assert (workspace / path).read_bytes() == data
 
 
+def test_durable_mode_syncs_every_directory_that_holds_a_new_name(workspace, monkeypatch):
+    (workspace / "a").mkdir()  # merged into: b.txt and the subtree c/ are renamed into it
+    synced: list[str] = []
+    monkeypatch.setattr(extraction, "_fsync_path", lambda path: synced.append(str(path)))
+    extract_cart(io.BytesIO(build_tar()), cart_files(), workspace, "data", durable=True)
+    staged = {p for p in synced if "pacifica-staging" in p}
+    assert {p.split("/files", 1)[-1] for p in staged} == {"", "/a", "/a/c", "/é", "/bin"}
+    assert set(synced) - staged == {str(workspace), str(workspace / "a")}
+
+
 def test_a_new_destination_receives_the_tree_in_one_rename(tmp_path, monkeypatch):
     renames = []
     real_rename = os.rename
