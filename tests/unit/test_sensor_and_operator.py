@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from unittest import mock
 
@@ -266,6 +267,34 @@ def test_a_broken_stream_is_restarted_then_succeeds(http_server, cartd_conn, tmp
     manifest = op.execute(make_context())
     assert gets == 2
     assert manifest["file_count"] == 4
+
+
+def test_a_download_that_stalls_mid_body_times_out_and_is_restarted(http_server, cartd_conn, tmp_path):
+    cartd_conn(read_timeout=0.5)
+    tar = build_tar()
+    gets = 0
+
+    def stalling(data):
+        yield data[:3000]
+        time.sleep(2)  # headers and the first bytes came: only the read timeout can notice this
+        yield data[3000:]
+
+    def handler(request):
+        nonlocal gets
+        if request.method == "HEAD":
+            return cartd_head("ready")
+        if request.method == "GET":
+            gets += 1
+            return Reply(200, {}, stalling(tar) if gets == 1 else [tar], chunked=True)
+        return Reply(200)
+
+    http_server.handler = handler
+    destination = tmp_path / "d"
+    op = PacificaDownloadOperator(task_id="d", destination=str(destination), files=[f.to_dict() for f in cart_files()])
+    assert op.execute(make_context())["file_count"] == 4
+    assert gets == 2  # waited out, the stalled stream would have completed on the first GET
+    for path, data in CONTENTS.items():
+        assert (destination / path).read_bytes() == data
 
 
 def test_execute_complete_fails_with_cartds_message(tmp_path):

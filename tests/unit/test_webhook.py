@@ -112,6 +112,24 @@ def test_an_oversized_body_is_refused(webhook, monkeypatch):
     assert asset_events() == []
 
 
+def test_a_chunked_body_is_measured_as_it_arrives(webhook, monkeypatch):
+    # No Content-Length to refuse up front: the limit must hold while the chunks are read.
+    monkeypatch.setenv("AIRFLOW__PACIFICA__WEBHOOK_MAX_BODY_BYTES", "1000")
+    event = json.dumps(load_fixture("dispatcher-example-event.json")).encode()
+    assert len(event) < 1000
+
+    def post_chunked(data):
+        chunks = (data[i : i + 100] for i in range(0, len(data), 100))  # an iterator: sent chunked
+        headers = {"Content-Type": "application/json"}
+        return webhook.post("/events", content=chunks, headers=headers, auth=("notify", "pw-1"))
+
+    padded = json.loads(event) | {"extensions": {"padding": "x" * 2000}}
+    assert post_chunked(json.dumps(padded).encode()).status_code == 413
+    assert asset_events() == []
+    assert post_chunked(event).status_code == 201
+    assert len(asset_events()) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
