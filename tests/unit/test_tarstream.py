@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_pacifica.exceptions import StreamError, UnsafeMemberError
-from airflow_provider_pacifica.tarstream import MAX_EXTENDED_HEADER, TarStreamReader
+from airflow_provider_pacifica.tarstream import MAX_EXTENDED_HEADER, TarStreamReader, _plain_header
 
 FORMATS = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 
@@ -81,6 +81,23 @@ def test_any_tar_that_tarfile_writes_reads_the_same_whatever_the_chunking(files,
     except ValueError:  # a name the format cannot hold
         return
     assert read_all(Trickle(data, step), chunk_size=step) == read_with_tarfile(data)
+
+
+@pytest.mark.parametrize("tar_format", FORMATS.values(), ids=FORMATS.keys())
+def test_the_fast_header_path_agrees_with_tarfile_or_steps_aside(tar_format):
+    long_path = f"data/{'p' * 90}/{'n' * 90}.txt"
+    data = make_tar([("data/", None), ("data/a.txt", b"x" * 700), (long_path, b"y"), ("data/é.bin", b"z")], tar_format)
+    blocks = [data[i : i + 512] for i in range(0, len(data), 512)]
+    decoded = 0
+    for block in blocks:
+        fast = _plain_header(block, "utf-8")
+        if fast is None:
+            continue
+        decoded += 1
+        slow = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        assert (fast.name, fast.type, fast.size) == (slow.name, slow.type, slow.size)
+    # tarfile's PAX and ustar headers take the fast path; GNU headers go to frombuf
+    assert (decoded > 0) == (tar_format != tarfile.GNU_FORMAT)
 
 
 def test_data_left_unread_is_skipped():
