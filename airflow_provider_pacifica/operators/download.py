@@ -149,6 +149,7 @@ class PacificaDownloadOperator(BaseOperator):
         self.max_resumes = max_resumes
         self.skip_if_present = skip_if_present
         self.durable = durable
+        self._requested: tuple[list[CartFile], dict[str, Any] | None] | None = None
 
     @property
     def hook(self) -> PacificaCartdHook:
@@ -157,7 +158,15 @@ class PacificaDownloadOperator(BaseOperator):
     # -- inputs ---------------------------------------------------------------------------
 
     def requested_files(self) -> tuple[list[CartFile], dict[str, Any] | None]:
-        """The validated files and, for a CloudEvent, its summary; bad input fails the task at once."""
+        """The validated files and, for a CloudEvent, its summary; bad input fails the task at once.
+
+        Parsed once per execution (the inputs are rendered by then): 10,000 records cost ~50 ms.
+        """
+        if self._requested is None:
+            self._requested = self._parse_request()
+        return self._requested
+
+    def _parse_request(self) -> tuple[list[CartFile], dict[str, Any] | None]:
         try:
             if self.cloudevent is not None:
                 event = parse_cloudevent(self.cloudevent)
