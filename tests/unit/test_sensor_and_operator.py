@@ -246,8 +246,22 @@ def test_hostile_tars_served_over_http_fail_the_task_and_touch_nothing(http_serv
     assert "DELETE" not in [r.method for r in http_server.requests]
 
 
-def test_a_broken_stream_is_restarted_then_succeeds(http_server, cartd_conn, tmp_path):
-    cartd_conn()
+def _stalling(data: bytes):
+    yield data[:3000]
+    time.sleep(2)  # headers and the first bytes came: only the read timeout can notice this
+    yield data[3000:]
+
+
+@pytest.mark.parametrize(
+    ("first_get", "extra"),
+    [
+        (lambda tar: Reply(200, {}, [tar], chunked=True, cut_after=3000), {}),
+        (lambda tar: Reply(200, {}, _stalling(tar), chunked=True), {"read_timeout": 0.5}),
+    ],
+    ids=["cut", "stalled mid-body"],
+)
+def test_a_broken_download_is_restarted_then_succeeds(http_server, cartd_conn, tmp_path, first_get, extra):
+    cartd_conn(**extra)
     tar = build_tar()
     gets = 0
 
@@ -257,42 +271,14 @@ def test_a_broken_stream_is_restarted_then_succeeds(http_server, cartd_conn, tmp
             return cartd_head("ready")
         if request.method == "GET":
             gets += 1
-            return Reply(200, {}, [tar], chunked=True, cut_after=None if gets > 1 else 3000)
-        return Reply(200)
-
-    http_server.handler = handler
-    op = PacificaDownloadOperator(
-        task_id="d", destination=str(tmp_path / "d"), files=[f.to_dict() for f in cart_files()]
-    )
-    manifest = op.execute(make_context())
-    assert gets == 2
-    assert manifest["file_count"] == 4
-
-
-def test_a_download_that_stalls_mid_body_times_out_and_is_restarted(http_server, cartd_conn, tmp_path):
-    cartd_conn(read_timeout=0.5)
-    tar = build_tar()
-    gets = 0
-
-    def stalling(data):
-        yield data[:3000]
-        time.sleep(2)  # headers and the first bytes came: only the read timeout can notice this
-        yield data[3000:]
-
-    def handler(request):
-        nonlocal gets
-        if request.method == "HEAD":
-            return cartd_head("ready")
-        if request.method == "GET":
-            gets += 1
-            return Reply(200, {}, stalling(tar) if gets == 1 else [tar], chunked=True)
+            return first_get(tar) if gets == 1 else Reply(200, {}, [tar], chunked=True)
         return Reply(200)
 
     http_server.handler = handler
     destination = tmp_path / "d"
     op = PacificaDownloadOperator(task_id="d", destination=str(destination), files=[f.to_dict() for f in cart_files()])
     assert op.execute(make_context())["file_count"] == 4
-    assert gets == 2  # waited out, the stalled stream would have completed on the first GET
+    assert gets == 2  # a stall waited out would have completed on the first GET
     for path, data in CONTENTS.items():
         assert (destination / path).read_bytes() == data
 
