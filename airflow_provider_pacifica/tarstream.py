@@ -167,7 +167,10 @@ class TarStreamReader:
                 self._global_pax.update(_parse_pax(data))
             else:
                 pax.update(_parse_pax(data))
-        return self._apply(header, {**self._global_pax, **pax}, long_name, long_link)
+        member = self._apply(header, {**self._global_pax, **pax}, long_name, long_link)
+        if member.size < 0:  # a base-256 size field can be negative
+            raise UnsafeMemberError(f"tar member {member.name!r} has a negative size")
+        return member
 
     @staticmethod
     def _apply(

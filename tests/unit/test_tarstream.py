@@ -170,6 +170,15 @@ def test_a_malformed_pax_header_is_refused_by_name(records, message):
         read_all(io.BytesIO(pax_member(records)))
 
 
+def test_a_negative_base256_size_is_refused():
+    block = bytearray(make_tar([("top/a", b"")], tarfile.GNU_FORMAT)[:512])
+    block[124:136] = b"\xff" * 12  # base-256 minus one
+    block[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    block[148:156] = b"%06o\0 " % sum(block)
+    with pytest.raises(UnsafeMemberError, match="negative size"):
+        read_all(io.BytesIO(bytes(block) + bytes(1024)))
+
+
 def test_an_oversized_extended_header_is_refused_before_it_is_read():
     header = tarfile.TarInfo("././@LongLink")
     header.type = tarfile.GNUTYPE_LONGNAME
