@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_pacifica.exceptions import InvalidInputError
+from airflow_provider_pacifica.paths import parent_directories, path_parts
 
 __all__ = [
     "CartFile",
@@ -311,21 +312,17 @@ def _make_file(file_id: Any, raw_path: str, record: Mapping[str, Any], where: st
 
 
 def _normalise_path(raw_path: str, where: str, record: Mapping[str, Any]) -> str:
-    if "\x00" in raw_path:
-        raise CloudEventError(f"{where} ({_describe(record)}): path contains a NUL byte")
-    parts = [part for part in raw_path.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise CloudEventError(f"{where} ({_describe(record)}): path {raw_path!r} contains '..'")
-    if not parts:
-        raise CloudEventError(f"{where} ({_describe(record)}): path {raw_path!r} is empty")
-    return "/".join(parts)
+    try:
+        return "/".join(path_parts(raw_path))
+    except ValueError as err:
+        raise CloudEventError(f"{where} ({_describe(record)}): path {raw_path!r} {err}") from None
 
 
 def _check_file_set(files: list[CartFile], what: str) -> None:
     if not files:
         raise CloudEventError(f"{what} has no Files to download")
     seen: dict[str, CartFile] = {}
-    dirs = {"/".join(f.path.split("/")[:i]) for f in files for i in range(1, f.path.count("/") + 1)}
+    dirs = parent_directories(f.path for f in files)
     for file in files:
         if file.path in seen:
             raise CloudEventError(f"{what}: files {seen[file.path].id!r} and {file.id!r} both have path {file.path!r}")

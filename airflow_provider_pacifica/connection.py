@@ -118,7 +118,8 @@ class CartdConnectionConfig:
     :param read_timeout: seconds to wait for each read from the server.
     :param proxies: ``{"http": url, "https": url}`` as for requests.
     :param max_retries: retries of a request after a transient fault.
-    :param retry_backoff: first backoff in seconds, doubled each retry (capped at 30 s).
+    :param retry_backoff: urllib3's backoff factor: retry n waits ``retry_backoff * 2**(n-1)``
+        seconds (the first at once), at most 30 s.
     """
 
     base_url: str

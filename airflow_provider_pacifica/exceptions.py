@@ -40,6 +40,27 @@ class CartNotReadyError(CartdError):
     """A download was asked for a cart that is still staging (Cartd answered 202)."""
 
 
+class CartFailedError(CartdError):
+    """Cartd reports the cart in error.
+
+    :param message: Cartd's message, and the failing files when they could be named.
+    :param transient: the message names a fault of the archive or of Cartd's disk that may pass
+        (a later attempt stages the cart again); otherwise no retry can help.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class CartLostError(CartdError):
+    """A cart vanished (purged by Cartd's LRU, or deleted) again after it had been staged once more."""
+
+
+class CartWaitTimeoutError(CartdError):
+    """A cart was still not ready when the wait's time ran out."""
+
+
 class ExtractionError(PacificaError):
     """The cart's tar stream could not be turned into the requested, verified files."""
 
@@ -54,6 +75,13 @@ class VerificationError(ExtractionError):
 
 class StreamError(ExtractionError):
     """The tar stream ended early or could not be read; the download may be retried."""
+
+
+class DestinationWriteError(ExtractionError):
+    """A file could not be written whole into the staging directory (the disk is full, a quota...).
+
+    Nothing was published; the staging directory is removed. A retry may succeed once there is room.
+    """
 
 
 class RollbackError(ExtractionError):

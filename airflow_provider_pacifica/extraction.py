@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_pacifica.exceptions import (
+    DestinationWriteError,
     ExtractionError,
     InvalidInputError,
     RollbackError,
@@ -37,6 +38,7 @@ from airflow_provider_pacifica.exceptions import (
     UnsafeMemberError,
     VerificationError,
 )
+from airflow_provider_pacifica.paths import parent_directories, path_parts
 from airflow_provider_pacifica.tarstream import Readable, TarStreamReader
 
 if TYPE_CHECKING:
@@ -108,6 +110,7 @@ def extract_cart(
     on_progress: Callable[[Progress], None] | None = None,
     progress_interval: float = 5.0,
     durable: bool = False,
+    staging_key: str = "",
 ) -> list[ExtractedFile]:
     """Read a cart tar from ``stream`` and publish the verified ``files`` under ``destination``.
 
@@ -121,9 +124,13 @@ def extract_cart(
     :param durable: fsync every file and staging directory before anything moves, and every
         directory that received a rename after (survives a power loss; costs time, most with many
         small files).
+    :param staging_key: names this download's staging directories (e.g. the cart uid, the same
+        for every attempt of a task): the staging left by a killed earlier attempt with the same
+        key is removed first. Staging directories are hidden (``.<name>.pacifica-staging-…``).
     :raises UnsafeMemberError: a member that must not be extracted.
     :raises VerificationError: wrong size or hash, or a requested file did not arrive.
     :raises StreamError: the stream ended early or is not a tar.
+    :raises DestinationWriteError: a file could not be written whole (disk full, quota).
     """
     dest = Path(destination).resolve()  # a symlinked destination receives the files in its target
     if dest.exists() and not dest.is_dir():
@@ -133,7 +140,11 @@ def extract_cart(
     # Stage on the destination's filesystem, or the final renames would fail (EXDEV) after the whole
     # download: beside it usually, inside it when it is a mount point.
     beside = not dest.is_dir() or os.stat(dest).st_dev == os.stat(dest.parent).st_dev
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pacifica-staging-", dir=dest.parent if beside else dest))
+    prefix = staging_prefix(dest.name, staging_key)
+    staging_parent = dest.parent if beside else dest
+    if staging_key:  # without a key, other downloads' staging cannot be told from a dead one's
+        remove_stale_staging(staging_parent, prefix)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=staging_parent))
     keep_staging = published = False
     try:
         extracted = stage_files(
@@ -145,7 +156,7 @@ def extract_cart(
             progress_interval=progress_interval,
             durable=durable,
         )
-        publish(staging / "files", dest, staging / "replaced", durable=durable)
+        publish(staging / "files", dest, staging / REPLACED_DIR, durable=durable)
         published = True
         return extracted
     except RollbackError:
@@ -157,6 +168,34 @@ def extract_cart(
             for parent in [] if published else created_parents:
                 with contextlib.suppress(OSError):  # not empty: someone else is using it now
                     parent.rmdir()
+
+
+REPLACED_DIR = "replaced"  # inside a staging directory: files a publish replaced, until it is complete
+
+
+def staging_prefix(destination_name: str, staging_key: str) -> str:
+    """The hidden name prefix of the staging directories of one download (one key, any attempt)."""
+    key = hashlib.sha256(staging_key.encode()).hexdigest()[:16] if staging_key else "unkeyed"
+    return f".{destination_name[:100]}.pacifica-staging-{key}."
+
+
+def remove_stale_staging(parent: Path, prefix: str) -> list[Path]:
+    """Remove the staging directories under ``parent`` named ``prefix*`` (left by a killed attempt).
+
+    One that holds replaced files is kept: a publish was cut midway and they may be the only copy
+    of what it replaced. Returns what was removed.
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(parent) as entries:
+        for entry in entries:
+            if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+                continue
+            replaced = os.path.join(entry.path, REPLACED_DIR)
+            if os.path.isdir(replaced) and os.listdir(replaced):
+                continue  # RollbackError named it for a person to sort out
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def verify_published(files: Sequence[CartFile], destination: str | os.PathLike[str]) -> list[ExtractedFile] | None:
@@ -200,7 +239,7 @@ def stage_files(
     expected = {f.path: f for f in files}
     if len(expected) != len(files):
         raise InvalidInputError("the requested files have duplicate paths")
-    directories = {"/".join(p.split("/")[:i]) for p in expected for i in range(1, p.count("/") + 1)}
+    directories = parent_directories(expected)
     if not top_dir or "/" in top_dir or top_dir in (".", ".."):
         raise InvalidInputError(f"invalid tar top directory {top_dir!r}")
     staging.mkdir(parents=True, exist_ok=False)
@@ -250,8 +289,19 @@ def stage_files(
             with open(os.path.join(staging_root, relative), "xb", buffering=0) as out:
                 for chunk in reader.data():
                     digest.update(chunk)
-                    out.write(chunk)
-                    bytes_done += len(chunk)
+                    # An unbuffered write may write less than it was given (a disk nearly full):
+                    # the rest must be written, or the error seen, never a short file verified.
+                    written = out.write(chunk)
+                    while written != len(chunk):
+                        if not written:
+                            raise DestinationWriteError(
+                                f"could not write file {wanted.path!r} whole: the filesystem took no more "
+                                "bytes; nothing was published"
+                            )
+                        chunk = chunk[written:]
+                        bytes_done += written
+                        written = out.write(chunk)
+                    bytes_done += written
                     report()
                 if durable:
                     os.fsync(out.fileno())
@@ -262,10 +312,13 @@ def stage_files(
                 )
             done[relative] = ExtractedFile(wanted.id, wanted.path, member.size, wanted.hashtype, wanted.hashsum)
             report()
-    except OSError as err:
-        if isinstance(err, FileExistsError):  # two names that normalise to one path
-            raise UnsafeMemberError(f"tar member written twice: {err.filename}") from err
-        raise
+    except FileExistsError as err:  # two names that normalise to one path
+        raise UnsafeMemberError(f"tar member written twice: {err.filename}") from err
+    except OSError as err:  # the network side's errors are StreamErrors: this is the staging disk
+        where = f" {err.filename}" if err.filename else ""
+        raise DestinationWriteError(
+            f"could not write into the staging directory{where}: {err.strerror or err}; nothing was published"
+        ) from err
     finally:
         prefetcher.close()
 
@@ -464,11 +517,12 @@ class _GuardedStream:
 def _member_path(member: tarfile.TarInfo, top_dir: str) -> str:
     """The member's path below ``top_dir``, or raise ``UnsafeMemberError``."""
     name = member.name
-    if name.startswith("/") or "\x00" in name:
+    if name.startswith("/"):
         raise UnsafeMemberError(f"tar member {name!r} has an absolute path")
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise UnsafeMemberError(f"tar member {name!r} contains '..'")
-    if not parts or parts[0] != top_dir:
+    try:
+        parts = path_parts(name)
+    except ValueError as err:
+        raise UnsafeMemberError(f"tar member {name!r} {err}") from None
+    if parts[0] != top_dir:
         raise UnsafeMemberError(f"tar member {name!r} is outside the cart's top directory {top_dir!r}")
     return "/".join(parts[1:])

@@ -14,12 +14,16 @@ def _text(label: str, description: str, *, secret: bool = False) -> dict[str, An
     return {"label": label, "description": description, "schema": schema}
 
 
-def _number(label: str, description: str, default: float, *, integer: bool = False) -> dict[str, Any]:
+def _number(
+    label: str, description: str, default: float, *, integer: bool = False, positive: bool = False
+) -> dict[str, Any]:
     kind = "integer" if integer else "number"
+    # The same bounds as connection.py checks: a timeout of 0 would never let a request finish.
+    bound = {"exclusiveMinimum": 0} if positive else {"minimum": 0}
     return {
         "label": label,
         "description": description,
-        "schema": {"type": [kind, "null"], "minimum": 0, "default": default},
+        "schema": {"type": [kind, "null"], **bound, "default": default},
     }
 
 
@@ -37,15 +41,17 @@ CONN_FIELDS: dict[str, Any] = {
         "description": "Verify the server certificate (turn off only for testing).",
         "schema": {"type": ["boolean", "null"], "default": True},
     },
-    "connect_timeout": _number("Connect timeout (s)", "Seconds to wait for a connection.", 10),
-    "read_timeout": _number("Read timeout (s)", "Seconds to wait for each read from Cartd.", 60),
+    "connect_timeout": _number("Connect timeout (s)", "Seconds to wait for a connection.", 10, positive=True),
+    "read_timeout": _number("Read timeout (s)", "Seconds to wait for each read from Cartd.", 60, positive=True),
     "proxies": {
         "label": "Proxies",
         "description": 'JSON object, e.g. {"https": "http://proxy.example.org:3128"}.',
         "schema": {"type": ["object", "string", "null"], "format": "json"},
     },
     "max_retries": _number("Max retries", "Retries after a transient fault (timeouts, 429, 502-504).", 3, integer=True),
-    "retry_backoff": _number("Retry backoff (s)", "First wait before a retry; doubled each time.", 1),
+    "retry_backoff": _number(
+        "Retry backoff (s)", "urllib3 backoff factor: retry n waits factor x 2^(n-1) s (the first at once), <= 30 s.", 1
+    ),
 }
 
 

@@ -1,137 +1,126 @@
-"""Hook for Pacifica Cartd: create, watch, download and delete carts.
+"""Hook for Pacifica Cartd: create, wait for, download and delete carts.
 
-Cartd's REST protocol (pacifica.md §2): ``POST /<uid>`` creates a cart (201), ``HEAD /<uid>``
-reports its state in ``X-Pacifica-Status`` / ``X-Pacifica-Message`` (204 alive, 404 unknown,
-500 failed), ``GET /<uid>?filename=<name>`` streams the tar (202 while not ready), ``DELETE /<uid>``
-removes it. Workers use the synchronous ``requests`` methods; triggers use :meth:`async_cart_status`.
+The protocol itself (states, messages, uids) is in :mod:`airflow_provider_pacifica.carts`; the
+async side shared by triggers in :mod:`.cartd_async`; the resumable tar stream in
+:mod:`.cart_reader`. Workers use the synchronous ``requests`` methods, triggers
+:meth:`PacificaCartdHook.async_cart_status`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
-import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import requests
-from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk import BaseHook
+from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
+from urllib3.util.retry import Retry
 
-from airflow_provider_pacifica import __version__
+from airflow_provider_pacifica.backoff import MAX_BACKOFF, Backoff
+from airflow_provider_pacifica.carts import (
+    TRANSIENT_STATUS_CODES,
+    CartStatus,
+    error_for_status,
+    parse_head_response,
+    shorten,
+    validate_cart_uid,
+)
 from airflow_provider_pacifica.cloudevents import CartFile, files_from_list
 from airflow_provider_pacifica.connection import CONN_TYPE, CartdConnectionConfig
 from airflow_provider_pacifica.exceptions import (
     CartdError,
     CartdTransientError,
+    CartFailedError,
+    CartLostError,
     CartNotFoundError,
     CartNotReadyError,
+    CartWaitTimeoutError,
     InvalidInputError,
+    StreamError,
 )
+from airflow_provider_pacifica.extraction import extract_cart
+from airflow_provider_pacifica.hooks import cartd_async
+from airflow_provider_pacifica.hooks.cart_reader import CartReader
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+    import os
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
+    import aiohttp
     from airflow.sdk import Connection
 
-TRANSIENT_STATUS_CODES = frozenset({429, 502, 503, 504})
-# A POST that reached Cartd may have created the cart: re-send it only when the server says it
-# did not process it (429, 503) or the connection never opened.
+    from airflow_provider_pacifica.extraction import ExtractedFile, Progress
+
+# A POST that reached Cartd may have created the cart: urllib3 re-sends it after a connect error
+# (it never left) and, by this list, after an answer saying Cartd did not process it.
 POST_RETRY_STATUS_CODES = frozenset({429, 503})
-MAX_MESSAGE_LENGTH = 1000  # X-Pacifica-Message can hold a 3 KB remote traceback
-MAX_BACKOFF = 30.0
-USER_AGENT = f"airflow-provider-pacifica/{__version__}"
+MAX_ERROR_BODY = 64 * 1024  # bytes of an error page read for its message
+RECREATED_SUFFIX = "-r1"  # marks the one re-creation of a cart that Cartd lost
+USER_AGENT = cartd_async.USER_AGENT
+
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CartStatus:
-    """What ``HEAD /<uid>`` said about a cart.
+class CartdRetry(Retry):
+    """urllib3's retry policy, with Cartd's rule for POST and a warning for every retry.
 
-    :param cart_uid: the cart.
-    :param state: ``ready``, ``error``, ``missing``, or what Cartd reported while it works
-        (``staging``, ``waiting``, or any state it may add: unknown states count as pending).
-    :param message: Cartd's ``X-Pacifica-Message``, shortened to 1000 characters.
+    Idempotent requests are retried after connection errors, read timeouts and 429/502/503/504;
+    a POST only when it never reached Cartd (connect errors) or on 429/503. Retry-After is
+    honoured up to twice the backoff cap.
     """
 
-    cart_uid: str
-    state: str
-    message: str = ""
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if method == "POST":
+            return status_code in POST_RETRY_STATUS_CODES and bool(self.total)
+        return super().is_retry(method, status_code, has_retry_after)
 
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready"
+    def get_retry_after(self, response: Any) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, 2 * MAX_BACKOFF)
 
-    @property
-    def failed(self) -> bool:
-        return self.state == "error"
-
-    @property
-    def missing(self) -> bool:
-        return self.state == "missing"
-
-    @property
-    def pending(self) -> bool:
-        return self.state not in ("ready", "error", "missing")
+    def increment(  # type: ignore[override]  # the same parameters, passed through
+        self, method: str | None = None, url: str | None = None, *args: Any, **kwargs: Any
+    ) -> Retry:
+        new = super().increment(method, url, *args, **kwargs)
+        last = new.history[-1] if new.history else None
+        reason = f"HTTP {last.status}" if last and last.status else type(last.error).__name__ if last else "?"
+        log.warning("%s %s: %s; retrying (%d left)", method, url, reason, new.total or 0)
+        return new
 
 
-def shorten(message: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
-    """One line of at most ``limit`` characters (Cartd's messages carry tracebacks)."""
-    message = " ".join(message.split())
-    return message if len(message) <= limit else message[: limit - 1] + "…"
+def retry_policy(config: CartdConnectionConfig) -> CartdRetry:
+    """The HTTP retry policy of a connection: ``max_retries`` transient faults, backoff from ``retry_backoff``."""
+    return CartdRetry(
+        total=config.max_retries,
+        connect=config.max_retries,
+        read=config.max_retries,
+        status=config.max_retries,
+        other=0,  # TLS and proxy failures do not pass by waiting
+        redirect=0,
+        status_forcelist=TRANSIENT_STATUS_CODES,
+        allowed_methods=frozenset({"GET", "HEAD", "DELETE"}),
+        backoff_factor=config.retry_backoff,
+        backoff_max=MAX_BACKOFF,
+        raise_on_status=False,  # the last answer is returned and turned into an error here
+        respect_retry_after_header=True,
+    )
 
 
-def parse_head_response(cart_uid: str, status_code: int, headers: Mapping[str, str]) -> CartStatus:
-    """Turn a ``HEAD /<uid>`` answer into a :class:`CartStatus`, or raise ``CartdError``."""
-    state = (headers.get("X-Pacifica-Status") or "").strip().lower()
-    message = shorten(headers.get("X-Pacifica-Message") or "")
-    if status_code == 204 and state:
-        if state in ("error", "missing"):  # a 204 never carries these; keep them distinct from 500/404
-            state = "staging"
-        return CartStatus(cart_uid, state, message)
-    if status_code == 404:
-        return CartStatus(cart_uid, "missing", message or f"No cart with uid {cart_uid} found")
-    if status_code == 500 and state == "error":
-        return CartStatus(cart_uid, "error", message or "Cartd reports the cart failed")
-    raise error_for_status(status_code, f"HEAD cart {cart_uid}", message)
-
-
-def error_for_status(status_code: int, action: str, detail: str = "") -> CartdError:
-    """The exception type for an HTTP status that the protocol does not expect."""
-    text = f"{action}: Cartd answered HTTP {status_code}" + (f": {shorten(detail)}" if detail else "")
-    if status_code in TRANSIENT_STATUS_CODES:
-        return CartdTransientError(text, status_code)
-    if status_code in (401, 403):
-        return CartdError(text + " (check the connection's credentials)", status_code)
-    return CartdError(text, status_code)
-
-
-def _backoff(attempt: int, base: float, retry_after: str | None = None) -> float:
-    if retry_after and retry_after.strip().isdigit():
-        return min(float(retry_after), 2 * MAX_BACKOFF)
-    return min(base * 2**attempt, MAX_BACKOFF)
-
-
-def _is_connect_failure(error: requests.RequestException) -> bool:
-    """True when the request surely never reached the server (safe to re-send a POST)."""
-    if isinstance(error, requests.ConnectTimeout):
-        return True
-    if isinstance(error, requests.ConnectionError) and not isinstance(error, requests.ReadTimeout):
-        text = repr(error)
-        return "NewConnectionError" in text or "Connection refused" in text
-    return False
-
-
-class PacificaCartdHook(HttpHook):
+class PacificaCartdHook(BaseHook):
     """Talk to a Pacifica Cartd through an Airflow connection of type ``pacifica_cartd``.
 
     The connection holds everything: host, port and scheme (``http``/``https``), basic auth
     (login/password) or a bearer ``token``, ``client_cert``/``client_key`` for TLS client auth,
     ``ca_bundle`` or ``verify``, ``connect_timeout``/``read_timeout``, ``proxies``, and
     ``max_retries``/``retry_backoff`` for transient faults. Unknown extras are refused.
+
+    The connection is read once per hook and the HTTP session opened once; :meth:`close` ends it.
 
     :param pacifica_conn_id: the Airflow connection id.
     """
@@ -141,8 +130,8 @@ class PacificaCartdHook(HttpHook):
     conn_type = CONN_TYPE
     hook_name = "Pacifica Cartd"
 
-    def __init__(self, pacifica_conn_id: str = default_conn_name, **kwargs: Any) -> None:
-        super().__init__(method="HEAD", http_conn_id=pacifica_conn_id, **kwargs)
+    def __init__(self, pacifica_conn_id: str = default_conn_name) -> None:
+        super().__init__()
         self.pacifica_conn_id = pacifica_conn_id
         self._config: CartdConnectionConfig | None = None
         self._session: requests.Session | None = None
@@ -174,20 +163,10 @@ class PacificaCartdHook(HttpHook):
         return self._config
 
     async def aget_config(self) -> CartdConnectionConfig:
-        """The validated connection, fetched without blocking the event loop (for triggers).
-
-        A triggerer may run a thousand cart waits on one connection: the validated config is
-        shared for ``ASYNC_CONFIG_TTL`` seconds per connection id and event loop, so that each
-        trigger does not fetch and parse the connection again.
-        """
+        """The validated connection, fetched without blocking the event loop and shared with the
+        other triggers of this loop for a minute (see :mod:`.cartd_async`)."""
         if self._config is None:
-            configs = _ASYNC_CONFIGS.setdefault(asyncio.get_running_loop(), {})
-            cached = configs.get(self.pacifica_conn_id)
-            if cached is None or cached[0] <= time.monotonic() or (cached[1].done() and cached[1].exception()):
-                # One fetch for all the triggers that start together; they await the same task.
-                cached = (time.monotonic() + ASYNC_CONFIG_TTL, asyncio.ensure_future(self._fetch_config()))
-                configs[self.pacifica_conn_id] = cached
-            self._config = await asyncio.shield(cached[1])
+            self._config = await cartd_async.shared_config(self.pacifica_conn_id, self._fetch_config)
         return self._config
 
     async def _fetch_config(self) -> CartdConnectionConfig:
@@ -198,21 +177,19 @@ class PacificaCartdHook(HttpHook):
 
     @staticmethod
     def _mask(config: CartdConnectionConfig) -> None:
-        # The password and extras named like secrets are masked by Airflow already; a client
-        # key's path says where the key lives, so it is kept out of logs too.
+        # Airflow masks the password and extras named like secrets; a client key's path says where
+        # the key lives, and a proxy URL may carry credentials of its own.
         from airflow.sdk.log import mask_secret
 
-        for secret in (config.password, config.token, config.client_key):
+        proxy_passwords = [urlsplit(url).password for url in (*config.proxies.values(), config.proxy_url() or "")]
+        for secret in (config.password, config.token, config.client_key, *proxy_passwords):
             if secret:
                 mask_secret(secret)
 
-    def get_conn(
-        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
-    ) -> requests.Session:
-        """A ``requests.Session`` with the connection's auth, TLS and proxies (extras never become headers)."""
+    def get_conn(self) -> requests.Session:
+        """A new ``requests.Session`` with the connection's auth, TLS, proxies and retry policy."""
         config = self.config
         config.check_files()
-        self.base_url = config.base_url
         session = requests.Session()
         # The connection decides: with trust_env, requests lets HTTPS_PROXY and REQUESTS_CA_BUNDLE
         # override the session's own settings (and reads ~/.netrc). Both are honoured, in their place,
@@ -226,19 +203,20 @@ class PacificaCartdHook(HttpHook):
         session.cert = config.cert
         if proxy := config.proxy_url():
             session.proxies = {"http": proxy, "https": proxy}
-        session = self._configure_session_from_mount_adapters(session)
-        if headers:
-            session.headers.update(headers)
+        adapter = HTTPAdapter(max_retries=retry_policy(config))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         return session
 
     @property
     def session(self) -> requests.Session:
+        """The hook's session, opened on first use."""
         if self._session is None:
             self._session = self.get_conn()
         return self._session
 
     def close(self) -> None:
-        """Close pooled connections (the hook stays usable)."""
+        """Close pooled connections (the hook stays usable: a later call opens a new session)."""
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -264,8 +242,7 @@ class PacificaCartdHook(HttpHook):
         cart_uid = cart_uid or uuid.uuid4().hex
         validate_cart_uid(cart_uid)
         body = {"fileids": [f.to_fileid() for f in cart_files], "bundle": bool(bundle)}
-        response = self._request("POST", cart_uid, json=body, action=f"create cart {cart_uid}")
-        with response:
+        with self._request("POST", cart_uid, json=body, action=f"create cart {cart_uid}") as response:
             if response.status_code != 201:
                 raise error_for_status(response.status_code, f"create cart {cart_uid}", _error_text(response))
         self.log.info("Created cart %s with %d file(s)%s", cart_uid, len(cart_files), " (bundle)" * bundle)
@@ -275,8 +252,7 @@ class PacificaCartdHook(HttpHook):
         """The cart's state: ready, error, missing, or pending (staging, waiting, ...)."""
         validate_cart_uid(cart_uid)
         # HEAD with any query string is a 404 without X-Pacifica headers in Cartd 0.7.
-        response = self._request("HEAD", cart_uid, action=f"HEAD cart {cart_uid}")
-        with response:
+        with self._request("HEAD", cart_uid, action=f"HEAD cart {cart_uid}") as response:
             return parse_head_response(cart_uid, response.status_code, response.headers)
 
     @contextlib.contextmanager
@@ -293,36 +269,21 @@ class PacificaCartdHook(HttpHook):
         """
         validate_cart_uid(cart_uid)
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = self._request(
-            "GET",
-            cart_uid,
-            params={"filename": filename},
-            headers=headers,
-            stream=True,
-            action=f"download cart {cart_uid}",
-        )
-        try:
+        action = f"download cart {cart_uid}"
+        with self._request("GET", cart_uid, params={"filename": filename}, headers=headers, action=action) as response:
             if response.status_code == 202:
                 raise CartNotReadyError(f"cart {cart_uid} is not ready for download", 202)
             if response.status_code == 404:
                 raise CartNotFoundError(f"cart {cart_uid} does not exist or was deleted", 404)
             if response.status_code not in (200, 206):
-                raise error_for_status(response.status_code, f"download cart {cart_uid}", _error_text(response))
+                raise error_for_status(response.status_code, action, _error_text(response))
             response.raw.decode_content = False  # the tar bytes exactly as sent
             yield response
-        finally:
-            response.close()
 
     @contextlib.contextmanager
     def read_cart(self, cart_uid: str, filename: str = "data.tar", max_resumes: int = 5) -> Iterator[CartReader]:
-        """Open the cart's tar as a readable stream that resumes after a dropped connection.
-
-        When Cartd serves a sized tar with ``Accept-Ranges: bytes`` (bundle mode), a connection
-        reset or read timeout is resumed with ``Range`` from the last byte received, up to
-        ``max_resumes`` times, after checking that the tar is still the same one (size and
-        ``Last-Modified``; Cartd ignores ``If-Range``). A streaming-mode tar cannot be resumed:
-        its failures surface so the caller can restart from the beginning.
-        """
+        """Open the cart's tar as a readable stream that resumes after a dropped connection
+        in bundle mode (see :class:`CartReader`)."""
         reader = CartReader(self, cart_uid, filename, max_resumes)
         try:
             reader.open()
@@ -333,8 +294,7 @@ class PacificaCartdHook(HttpHook):
     def delete_cart(self, cart_uid: str) -> bool:
         """Delete the cart; ``False`` when Cartd had no such cart (already gone)."""
         validate_cart_uid(cart_uid)
-        response = self._request("DELETE", cart_uid, action=f"delete cart {cart_uid}")
-        with response:
+        with self._request("DELETE", cart_uid, action=f"delete cart {cart_uid}") as response:
             if response.status_code == 200:
                 self.log.info("Deleted cart %s", cart_uid)
                 return True
@@ -345,226 +305,210 @@ class PacificaCartdHook(HttpHook):
     def test_connection(self) -> tuple[bool, str]:
         """``GET /`` must answer Cartd's health message."""
         try:
-            response = self._request("GET", "", action="test connection")
-            with response:
+            with self._request("GET", "", action="test connection") as response:
+                text = _bounded_body(response)
                 if response.status_code != 200:
-                    return False, f"Cartd answered HTTP {response.status_code}: {_error_text(response)}"
-                message = str(response.json().get("message", ""))
+                    return False, f"Cartd answered HTTP {response.status_code}: {shorten(text)}"
+            message = str(json.loads(text).get("message", ""))
             return True, message or "Cartd answered"
-        except (CartdError, InvalidInputError, ValueError) as err:
+        except (CartdError, InvalidInputError, ValueError, AttributeError) as err:
             return False, str(err)
 
     def _request(self, method: str, cart_uid: str, *, action: str, **kwargs: Any) -> requests.Response:
-        """One HTTP call with the connection's timeouts; transient faults are retried with backoff."""
+        """One HTTP call with the connection's timeouts and retry policy; the body is left unread."""
         config = self.config
         url = config.url(cart_uid) if cart_uid else config.base_url + "/"
-        retry_codes = POST_RETRY_STATUS_CODES if method == "POST" else TRANSIENT_STATUS_CODES
-        attempt = 0
-        while True:
-            try:
-                response = self.session.request(method, url, timeout=config.timeout, **kwargs)
-            except requests.RequestException as err:
-                retryable = isinstance(err, requests.ConnectionError | requests.Timeout)
-                if method == "POST":
-                    retryable = _is_connect_failure(err)
-                if not retryable or attempt >= config.max_retries:
-                    raise CartdTransientError(f"{action}: {type(err).__name__}: {shorten(str(err))}") from err
-                delay = _backoff(attempt, config.retry_backoff)
-                reason = f"{type(err).__name__}"
-            else:
-                if response.status_code not in retry_codes or attempt >= config.max_retries:
-                    return response
-                delay = _backoff(attempt, config.retry_backoff, response.headers.get("Retry-After"))
-                reason = f"HTTP {response.status_code}"
-                response.close()
-            attempt += 1
-            self.log.warning("%s: %s; retry %d/%d in %.1fs", action, reason, attempt, config.max_retries, delay)
-            time.sleep(delay)
+        try:
+            return self.session.request(method, url, timeout=config.timeout, stream=True, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as err:
+            raise CartdTransientError(f"{action}: {type(err).__name__}: {shorten(str(err))}") from err
+        except requests.RequestException as err:
+            raise CartdError(f"{action}: {type(err).__name__}: {shorten(str(err))}") from err
 
     # -- async, for triggers --------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def async_session(self) -> AsyncIterator[aiohttp.ClientSession]:
-        """An aiohttp session with the connection's auth, TLS, timeouts and headers.
-
-        Sessions are shared per event loop and connection settings, and closed when their last
-        user leaves: a triggerer running a thousand cart waits keeps one connection pool per
-        Cartd, not a thousand.
-        """
-        config = await self.aget_config()
-        loop = asyncio.get_running_loop()
-        sessions = _SHARED_SESSIONS.setdefault(loop, {})
-        key = config.cache_key()
-        shared = sessions.get(key)
-        if shared is None or shared.session.closed:
-            shared = _SharedSession(_new_async_session(config))
-            sessions[key] = shared
-        shared.users += 1
-        try:
-            yield shared.session
-        finally:
-            shared.users -= 1
-            if shared.users == 0:
-                if sessions.get(key) is shared:
-                    del sessions[key]
-                await shared.session.close()
+        """An aiohttp session with the connection's settings, shared within the event loop."""
+        async with cartd_async.shared_session(await self.aget_config()) as session:
+            yield session
 
     async def async_cart_status(self, cart_uid: str, session: aiohttp.ClientSession | None = None) -> CartStatus:
         """Like :meth:`cart_status`, without blocking; a transient fault raises ``CartdTransientError``.
 
         It does not retry: the caller (a trigger) owns the backoff and counts failures.
         """
-        validate_cart_uid(cart_uid)
         config = await self.aget_config()
         if session is None:
             async with self.async_session() as own_session:
-                return await self.async_cart_status(cart_uid, own_session)
-        proxy = config.proxy_url()
-        try:
-            async with session.head(config.url(cart_uid), proxy=proxy) as response:
-                return parse_head_response(cart_uid, response.status, response.headers)
-        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as err:
-            raise CartdTransientError(f"HEAD cart {cart_uid}: {type(err).__name__}: {shorten(str(err))}") from err
+                return await cartd_async.head_cart(own_session, config, cart_uid)
+        return await cartd_async.head_cart(session, config, cart_uid)
 
+    # -- whole steps, for operators ---------------------------------------------------------
 
-class CartReader:
-    """A cart's tar as a file-like ``read()`` stream; see :meth:`PacificaCartdHook.read_cart`."""
+    def ensure_cart(self, cart_uid: str, files: Sequence[CartFile], *, bundle: bool = False) -> CartStatus:
+        """The cart ``cart_uid`` of ``files``: reused when Cartd still has it (an earlier attempt
+        of the same task), created when it has not or when it had failed."""
+        status = self.cart_status(cart_uid)
+        if status.ready or status.pending:
+            self.log.info("Reusing cart %s (%s) from an earlier attempt", cart_uid, status.state)
+            return status
+        if status.failed:
+            self.log.warning("Cart %s of an earlier attempt failed (%s); staging it again", cart_uid, status.message)
+        self.create_cart(files, cart_uid=cart_uid, bundle=bundle)
+        return self.cart_status(cart_uid)
 
-    def __init__(self, hook: PacificaCartdHook, cart_uid: str, filename: str, max_resumes: int) -> None:
-        self.hook = hook
-        self.cart_uid = cart_uid
-        self.filename = filename
-        self.max_resumes = max_resumes
-        self.offset = 0
-        self.resumes = 0
-        self.size: int | None = None
-        self._identity: tuple[str | None, str | None] = (None, None)
-        self._stack = contextlib.ExitStack()
-        self._response: requests.Response | None = None
-        self._closed = False
+    def recreate_cart(self, cart_uid: str, files: Sequence[CartFile], *, bundle: bool = False, reason: str = "") -> str:
+        """Stage a cart that Cartd lost once more, under ``<uid>-r1``; returns that uid.
 
-    @property
-    def resumable(self) -> bool:
-        return self.size is not None and self._identity[0] == "bytes"
+        :param reason: how it was lost, for the log and the error.
+        :raises CartLostError: ``cart_uid`` is already the re-created one: it vanished twice.
+        """
+        if cart_uid.endswith(RECREATED_SUFFIX):
+            raise CartLostError(f"cart {cart_uid} vanished twice; giving up ({reason or 'no reason given'})")
+        self.log.warning("Cart %s vanished (%s); staging it once more", cart_uid, reason or "no reason given")
+        return self.create_cart(files, cart_uid=cart_uid + RECREATED_SUFFIX, bundle=bundle)
 
-    def open(self) -> None:
-        response = self._stack.enter_context(self.hook.open_cart_stream(self.cart_uid, self.filename))
-        length = response.headers.get("Content-Length")
-        self.size = int(length) if length and length.isdigit() else None
-        self._identity = (response.headers.get("Accept-Ranges"), response.headers.get("Last-Modified"))
-        self._response = response
+    def wait_for_cart(
+        self,
+        cart_uid: str,
+        *,
+        timeout: float,
+        poll_interval: float = 5.0,
+        max_poll_interval: float = 60.0,
+    ) -> CartStatus:
+        """Poll until the cart is ready, on this worker, with a growing, capped interval.
 
-    def read(self, size: int = -1) -> bytes:
+        :raises CartFailedError: Cartd failed the cart (``transient`` says whether a retry may help).
+        :raises CartNotFoundError: the cart vanished (purged by Cartd's LRU, or deleted).
+        :raises CartWaitTimeoutError: not ready within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        polls = Backoff(poll_interval, cap=max_poll_interval, factor=1.5)
+        attempt = 0
         while True:
-            if self._response is None:
-                raise CartdError(f"cart {self.cart_uid}: the download is closed")
+            status = self.cart_status(cart_uid)
+            if status.ready:
+                return status
+            if status.failed:
+                raise CartFailedError(f"cart {cart_uid} failed: {status.message}", transient=status.transient)
+            if status.missing:
+                raise CartNotFoundError(f"cart {cart_uid} vanished while waiting: {status.message}", 404)
+            delay = polls.delay(attempt)
+            if time.monotonic() + delay > deadline:
+                raise CartWaitTimeoutError(f"cart {cart_uid} was not ready after {timeout:.0f}s ({status.state})")
+            self.log.info("Cart %s is %s; next poll in %.1fs", cart_uid, status.state, delay)
+            time.sleep(delay)
+            attempt += 1
+
+    def download_cart(
+        self,
+        cart_uid: str,
+        files: Sequence[CartFile],
+        destination: str | os.PathLike[str],
+        *,
+        bundle: bool = False,
+        attempts: int = 3,
+        max_resumes: int = 5,
+        on_progress: Callable[[Progress], None] | None = None,
+        progress_interval: float = 5.0,
+        durable: bool = False,
+        staging_key: str | None = None,
+    ) -> list[ExtractedFile]:
+        """Stream the ready cart, verify every file and publish them under ``destination``.
+
+        A broken stream is resumed (bundle mode, up to ``max_resumes``) or the download started
+        again (up to ``attempts``); see :func:`~airflow_provider_pacifica.extraction.extract_cart`
+        for what is verified and how it is published.
+
+        :raises CartFailedError: the cart turned to error before its download began.
+        :raises CartNotFoundError: the cart vanished.
+        :raises CartdTransientError: the download broke ``attempts`` times, or Cartd was unreachable.
+        :raises ExtractionError: a hostile or wrong tar, or a destination that cannot take it.
+        """
+        top_dir = cart_uid if bundle else "data"  # Cartd's top directory: the uid, or ?filename= less .tar
+        for attempt in range(1, attempts + 1):
             try:
-                data = self._response.raw.read(size)
-            except Exception as err:  # urllib3 ProtocolError / ReadTimeoutError, OSError
-                if not self._can_resume():
-                    raise
-                self._resume(err)
-                continue
-            if not data and size != 0 and self.size is not None and self.offset < self.size:
-                if not self._can_resume():
-                    raise CartdTransientError(
-                        f"cart {self.cart_uid}: stream ended at byte {self.offset} of {self.size}"
+                with self.read_cart(cart_uid, filename=f"{top_dir}.tar", max_resumes=max_resumes) as reader:
+                    return extract_cart(
+                        reader,
+                        files,
+                        destination,
+                        top_dir,
+                        on_progress=on_progress,
+                        progress_interval=progress_interval,
+                        durable=durable,
+                        staging_key=staging_key or cart_uid,
                     )
-                self._resume(EOFError(f"stream ended at byte {self.offset}"))
-                continue
-            self.offset += len(data)
-            return data
+            except CartNotReadyError as err:
+                status = self.cart_status(cart_uid)
+                if status.failed:  # between the status check and the GET
+                    raise CartFailedError(
+                        f"cart {cart_uid} failed: {status.message}", transient=status.transient
+                    ) from err
+                raise CartdTransientError(
+                    f"cart {cart_uid} is not downloadable ({status.state}: {status.message})"
+                ) from err
+            except (StreamError, CartdTransientError) as err:
+                if attempt == attempts:
+                    raise CartdTransientError(f"cart {cart_uid}: download failed {attempt} times: {err}") from err
+                self.log.warning("Cart %s: download broke (%s); restarting (%d/%d)", cart_uid, err, attempt, attempts)
+        raise InvalidInputError(f"download attempts must be at least 1, got {attempts}")
 
-    def _can_resume(self) -> bool:
-        # Never reconnect once closed: a reader thread may still be in read() when the caller quits.
-        return self.resumable and self.resumes < self.max_resumes and not self._closed
+    def find_failed_files(
+        self, cart_uid: str, files: Sequence[CartFile], *, timeout: float = 300.0
+    ) -> list[tuple[CartFile, str]]:
+        """Stage each file in a probe cart of its own, to name the files that make a cart fail.
 
-    def _resume(self, error: BaseException) -> None:
-        self.resumes += 1
-        self.hook.log.warning(
-            "Cart %s: download broke at byte %d of %s (%s); resuming (%d/%d)",
-            self.cart_uid,
-            self.offset,
-            self.size,
-            error,
-            self.resumes,
-            self.max_resumes,
-        )
-        self._stack.close()
-        self._stack = contextlib.ExitStack()
-        self._response = None
-        time.sleep(_backoff(self.resumes - 1, self.hook.config.retry_backoff))
-        if self._closed:
-            raise CartdError(f"cart {self.cart_uid}: the download is closed")
-        response = self._stack.enter_context(
-            self.hook.open_cart_stream(self.cart_uid, self.filename, offset=self.offset)
-        )
-        expected_range = f"bytes {self.offset}-{(self.size or 0) - 1}/{self.size}"
-        same_tar = response.headers.get("Last-Modified") == self._identity[1]
-        if response.status_code != 206 or response.headers.get("Content-Range") != expected_range or not same_tar:
-            raise CartdTransientError(
-                f"cart {self.cart_uid}: cannot resume at byte {self.offset} (HTTP {response.status_code}, "
-                f"Content-Range {response.headers.get('Content-Range')!r}); the download must restart"
-            )
-        self._response = response
+        Cartd's message says what failed ("File hash does not match provided hash") but not for
+        which file. The probe carts are always deleted. Costly (every file staged once more and
+        polled from this worker): meant for small carts.
+        """
+        probes = {f"{cart_uid}-probe-{index}": file for index, file in enumerate(files)}
+        culprits: list[tuple[CartFile, str]] = []
+        pending = dict(probes)
+        deadline = time.monotonic() + timeout
+        polls = Backoff(0.5, cap=5.0, factor=1.5)
+        try:
+            for probe_uid, file in probes.items():
+                self.create_cart([file], cart_uid=probe_uid)
+            attempt = 0
+            while pending and time.monotonic() < deadline:
+                for probe_uid, file in list(pending.items()):
+                    status = self.cart_status(probe_uid)
+                    if status.pending:
+                        continue
+                    del pending[probe_uid]
+                    if not status.ready:
+                        culprits.append((file, status.message or status.state))
+                if pending:
+                    time.sleep(polls.delay(attempt))
+                    attempt += 1
+        finally:
+            self.delete_carts(*probes)
+        return sorted(culprits, key=lambda culprit: files.index(culprit[0]))
 
-    def close(self) -> None:
-        self._closed = True
-        self._stack.close()
-        self._response = None
-
-
-@dataclass
-class _SharedSession:
-    session: aiohttp.ClientSession
-    users: int = 0
-
-
-_SHARED_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _SharedSession]] = (
-    weakref.WeakKeyDictionary()
-)
-# Per event loop (weakly, so a closed loop's entries go with it): conn id -> (expiry, fetch).
-_ASYNC_CONFIGS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[CartdConnectionConfig]]]
-] = weakref.WeakKeyDictionary()
-ASYNC_CONFIG_TTL = 60.0  # seconds a connection read by a trigger is reused by the others
+    def delete_carts(self, *cart_uids: str) -> None:
+        """Delete carts that are no longer needed; failures are logged (Cartd's LRU reclaims them)."""
+        for cart_uid in cart_uids:
+            try:
+                self.delete_cart(cart_uid)
+            except Exception as err:  # a clean-up must never hide the outcome it follows
+                self.log.warning("Could not delete cart %s: %s", cart_uid, err)
 
 
-def _new_async_session(config: CartdConnectionConfig) -> aiohttp.ClientSession:
-    config.check_files()
-    auth = aiohttp.BasicAuth(config.login, config.password or "") if config.login else None
-    timeout = aiohttp.ClientTimeout(
-        total=config.connect_timeout + config.read_timeout,
-        sock_connect=config.connect_timeout,
-        sock_read=config.read_timeout,
-    )
-    return aiohttp.ClientSession(
-        auth=auth,
-        timeout=timeout,
-        headers={"User-Agent": USER_AGENT, **config.auth_headers()},
-        connector=aiohttp.TCPConnector(ssl=config.ssl_context(), limit_per_host=16),
-        trust_env=False,  # proxies come from config.proxy_url(), looked up once
-    )
-
-
-def validate_cart_uid(cart_uid: str) -> None:
-    """A cart uid is one URL path segment Cartd accepts: letters, digits, ``-``, ``_`` and ``.``."""
-    if (
-        not isinstance(cart_uid, str)
-        or not cart_uid
-        or len(cart_uid) > 128
-        or cart_uid in (".", "..")
-        or not all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in cart_uid)
-    ):
-        raise InvalidInputError(f"invalid cart uid {cart_uid!r}: use 1-128 of A-Z a-z 0-9 - _ .")
+def _bounded_body(response: requests.Response) -> str:
+    """At most ``MAX_ERROR_BODY`` bytes of the body, as text: an error page may be anything."""
+    try:
+        data = response.raw.read(MAX_ERROR_BODY, decode_content=True)
+    except Exception:  # urllib3's errors are not all RequestExceptions; the message is a courtesy
+        return ""
+    return data.decode(response.encoding or "utf-8", errors="replace")
 
 
 def _error_text(response: requests.Response) -> str:
     """Cartd's error message from a JSON error page (padded with spaces), or the raw text."""
-    try:
-        text = response.text.strip()
-    except (requests.RequestException, UnicodeDecodeError):
-        return ""
+    text = _bounded_body(response).strip()
     try:
         body = json.loads(text)
     except ValueError:

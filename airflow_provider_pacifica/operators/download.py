@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -20,20 +20,19 @@ from airflow_provider_pacifica.cloudevents import (
     parse_cloudevent,
 )
 from airflow_provider_pacifica.exceptions import (
-    CartdError,
     CartdTransientError,
+    CartFailedError,
+    CartLostError,
     CartNotFoundError,
-    CartNotReadyError,
+    DestinationWriteError,
     ExtractionError,
     InvalidInputError,
     PacificaError,
     RollbackError,
     StreamError,
-    UnsafeMemberError,
-    VerificationError,
 )
-from airflow_provider_pacifica.extraction import ExtractedFile, extract_cart, verify_published
-from airflow_provider_pacifica.hooks.cartd import CartStatus, PacificaCartdHook
+from airflow_provider_pacifica.extraction import ExtractedFile, verify_published
+from airflow_provider_pacifica.hooks.cartd import RECREATED_SUFFIX, PacificaCartdHook
 from airflow_provider_pacifica.triggers.cartd import CartReadyTrigger
 
 if TYPE_CHECKING:
@@ -41,12 +40,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-DOWNLOAD_NAME = "data"  # Cartd streams the tar under a top directory named after ?filename=
-RECREATED_SUFFIX = "-r1"  # marks the one re-creation of a cart that Cartd lost
-
-
-def is_recreated(cart_uid: str) -> bool:
-    return cart_uid.endswith(RECREATED_SUFFIX)
+DIAGNOSE_MAX_FILES = 16  # the default of diagnose_max_files when the wait is not deferred
 
 
 class PacificaDownloadOperator(BaseOperator):
@@ -55,9 +49,11 @@ class PacificaDownloadOperator(BaseOperator):
     Give exactly one of ``cloudevent``, ``files`` or ``transaction_info``. The cart is created on
     the worker (Cartd's POST is not idempotent, so never from a trigger) under a uid derived from
     the dag, run, task, map index and file list: a retried task finds its own cart instead of
-    staging a second one. The wait defers to :class:`CartReadyTrigger`. The tar is streamed and
-    every file checked against the size and hash Pacifica gave before any file is moved to
-    ``destination/<subdir>/<name>``; on failure the destination is left as it was.
+    staging a second one. The wait defers to :class:`CartReadyTrigger` (unless the cart is
+    ready already). The tar is streamed and every file checked against the size and hash
+    Pacifica gave before any file is moved to ``destination/<subdir>/<name>``; on failure the
+    destination is left as it was. The steps themselves are :class:`PacificaCartdHook` methods;
+    this operator decides what follows each outcome: wait, stage again, retry, or fail.
 
     Returns (XCom) a manifest: ``{"destination", "cart_uid", "file_count", "total_bytes",
     "files": [{"id", "path", "size", "hashtype", "hashsum"}], "event"}``.
@@ -71,20 +67,25 @@ class PacificaDownloadOperator(BaseOperator):
     :param poll_interval: seconds between the first status polls; the interval grows by half
         each poll up to ``max_poll_interval``.
     :param max_poll_interval: the cap of the poll interval in seconds.
+    :param max_consecutive_failures: deferred only: Cartd faults in a row (unreachable, 503...)
+        that the trigger rides through before the task fails with retries.
     :param timeout: seconds to wait for the cart to be ready before failing.
-    :param delete_cart: delete the cart from Cartd once the files are published.
+    :param delete_cart: delete the cart (and any re-created or probe cart) from Cartd once the
+        files are published, or once the task failed for good.
     :param bundle: ask Cartd for a pre-built tar (bundle mode).
     :param download_attempts: how many times a download is started from the beginning when its
         stream breaks (the only remedy in Cartd's default streaming mode).
     :param max_resumes: with ``bundle=True``, how many times a broken download is resumed with an
         HTTP Range request from the last byte received, before it is restarted.
     :param progress_interval: seconds between progress lines in the task log.
-    :param durable: fsync every file before publishing and the destination directory after
-        (slower, most with many small files). Subdirectories are not fsynced yet.
+    :param durable: fsync every file, every staging directory and every directory that received
+        a rename (slower, most with many small files).
     :param skip_if_present: when every file is already in ``destination`` with the right size and
         hash (a retry after a successful download), return the manifest without downloading.
-    :param diagnose_max_files: when Cartd fails a cart of at most this many files, stage each
-        file alone to name the ones that failed (0 turns this off).
+    :param diagnose_max_files: when Cartd fails a cart of at most this many files for good (a
+        hash mismatch, not an archive fault), stage each file alone to name the ones that failed;
+        0 turns this off. Probing polls from the worker, so the default is 16 without deferral and
+        0 with it.
     """
 
     template_fields: Sequence[str] = (
@@ -94,6 +95,7 @@ class PacificaDownloadOperator(BaseOperator):
         "transaction_info",
         "pacifica_conn_id",
     )
+    template_fields_renderers = {"cloudevent": "json", "files": "json", "transaction_info": "json"}
     ui_color = "#c9e4f2"
 
     def __init__(
@@ -107,12 +109,13 @@ class PacificaDownloadOperator(BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 5.0,
         max_poll_interval: float = 60.0,
+        max_consecutive_failures: int = 10,
         timeout: float | timedelta = timedelta(days=1),
         delete_cart: bool = True,
         bundle: bool = False,
         download_attempts: int = 3,
         progress_interval: float = 5.0,
-        diagnose_max_files: int = 16,
+        diagnose_max_files: int | None = None,
         max_resumes: int = 5,
         skip_if_present: bool = True,
         durable: bool = False,
@@ -140,19 +143,23 @@ class PacificaDownloadOperator(BaseOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.max_poll_interval = max(max_poll_interval, poll_interval)
+        self.max_consecutive_failures = max_consecutive_failures
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         self.delete_cart = delete_cart
         self.bundle = bundle
         self.download_attempts = max(1, download_attempts)
         self.progress_interval = progress_interval
-        self.diagnose_max_files = diagnose_max_files
+        self.diagnose_max_files = (
+            diagnose_max_files if diagnose_max_files is not None else 0 if deferrable else DIAGNOSE_MAX_FILES
+        )
         self.max_resumes = max_resumes
         self.skip_if_present = skip_if_present
         self.durable = durable
         self._requested: tuple[list[CartFile], dict[str, Any] | None] | None = None
 
-    @property
+    @cached_property
     def hook(self) -> PacificaCartdHook:
+        """One hook (one connection lookup, one HTTP session) per execution; closed when it ends."""
         return PacificaCartdHook(pacifica_conn_id=self.pacifica_conn_id)
 
     # -- inputs ---------------------------------------------------------------------------
@@ -196,20 +203,20 @@ class PacificaDownloadOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         files, event_summary = self.requested_files()
         cart_uid = self.cart_uid_for(context, files)
-        hook = self.hook
-        if self.skip_if_present and (present := verify_published(files, self.destination)) is not None:
-            # A retry after the files were published (e.g. the XCom push failed): no second download.
-            self.log.info(
-                "All %d file(s) are already in %s with the right hashes; not downloading", len(files), self.destination
-            )
-            self._delete(hook, cart_uid)
-            return self._manifest(cart_uid, present, event_summary)
-        status = self._ensure_cart(hook, cart_uid, files)
-        if not status.ready:
-            if self.deferrable:
+        with contextlib.closing(self.hook) as hook, self._outcomes(hook, cart_uid):
+            if self.skip_if_present and (present := verify_published(files, self.destination)) is not None:
+                # A retry after the files were published (e.g. the XCom push failed): no second download.
+                self.log.info(
+                    "All %d file(s) are already in %s with the right hashes; not downloading",
+                    len(files),
+                    self.destination,
+                )
+                self._delete_carts(hook, cart_uid)
+                return self._manifest(cart_uid, present, event_summary)
+            status = hook.ensure_cart(cart_uid, files, bundle=self.bundle)
+            if not status.ready and self.deferrable:
                 self._defer(cart_uid)
-            status = self._wait_on_worker(hook, cart_uid)
-        return self._download(hook, status.cart_uid, context)  # a "-r1" uid if it had to be re-created
+            return self._wait_and_download(hook, cart_uid, context, ready=status.ready)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after :class:`CartReadyTrigger`: download when ready, fail with Cartd's message otherwise.
@@ -218,41 +225,68 @@ class PacificaDownloadOperator(BaseOperator):
         kwargs are not relied upon (``dag.test()`` drops them).
         """
         event = event or {"status": "error", "message": "the trigger sent no event"}
-        status = event.get("status")
         files, _ = self.requested_files()
         cart_uid = str(event.get("cart_uid") or self.cart_uid_for(context, files))
-        if status == "missing" and not is_recreated(cart_uid):
-            # Cartd's LRU may purge a cart while it waits: stage it once more, then wait again.
-            self.log.warning("Cart %s vanished while waiting (%s); creating it again", cart_uid, event.get("message"))
-            return self._download(self.hook, self._recreate(self.hook, cart_uid, files), context)
-        if status == "error" and event.get("retryable"):  # Cartd unreachable: retries may help
-            raise AirflowException(f"cart {cart_uid}: {event.get('message')}")
-        if status == "error":
-            self._fail_with_culprits(self.hook, cart_uid, str(event.get("message")))
-        if status != "ready":
-            raise AirflowFailException(f"cart {cart_uid}: {event.get('message')}")
-        return self._download(self.hook, cart_uid, context)
+        status, message = event.get("status"), str(event.get("message"))
+        with contextlib.closing(self.hook) as hook, self._outcomes(hook, cart_uid):
+            if status == "missing":  # Cartd's LRU may purge a cart while it waits
+                cart_uid = self._stage_again(hook, cart_uid, f"vanished while waiting: {message}")
+                return self._wait_and_download(hook, cart_uid, context, ready=False)
+            if status == "error" and event.get("retryable"):  # Cartd unreachable, or an archive fault
+                raise CartdTransientError(message)
+            if status == "error":
+                raise CartFailedError(message)
+            if status != "ready":
+                raise AirflowFailException(f"cart {cart_uid}: unexpected trigger event {event!r}")
+            return self._wait_and_download(hook, cart_uid, context, ready=True)
 
-    def _ensure_cart(self, hook: PacificaCartdHook, cart_uid: str, files: Sequence[CartFile]) -> CartStatus:
-        """Reuse this task instance's cart if Cartd still has it; create it otherwise."""
-        status = hook.cart_status(cart_uid)
-        if status.ready or status.pending:
-            self.log.info("Reusing cart %s (%s) from an earlier attempt", cart_uid, status.state)
-            return status
-        if status.failed:
-            self.log.warning("Cart %s of an earlier attempt failed (%s); staging it again", cart_uid, status.message)
-        hook.create_cart(files, cart_uid=cart_uid, bundle=self.bundle)
-        return hook.cart_status(cart_uid)
+    def _wait_and_download(self, hook: PacificaCartdHook, cart_uid: str, context: Context, *, ready: bool) -> Any:
+        """Wait on the worker unless ``ready``; a cart that vanished is staged once more (deferred again)."""
+        while True:
+            try:
+                if not ready:
+                    hook.wait_for_cart(
+                        cart_uid,
+                        timeout=self.timeout,
+                        poll_interval=self.poll_interval,
+                        max_poll_interval=self.max_poll_interval,
+                    )
+                return self._download(hook, cart_uid)
+            except CartNotFoundError as err:
+                cart_uid = self._stage_again(hook, cart_uid, str(err))
+                ready = False
 
-    def _recreate(self, hook: PacificaCartdHook, cart_uid: str, files: Sequence[CartFile]) -> str:
-        """Stage a lost cart once more under a marked uid and wait for it: deferred (this raises
-        ``TaskDeferred``) or here, returning the new uid when it is ready."""
-        new_uid = cart_uid + RECREATED_SUFFIX
-        hook.create_cart(files, cart_uid=new_uid, bundle=self.bundle)
+    def _stage_again(self, hook: PacificaCartdHook, cart_uid: str, reason: str) -> str:
+        """Re-create a lost cart (``CartLostError`` the second time) and defer to wait for it, if deferrable."""
+        files, _ = self.requested_files()
+        new_uid = hook.recreate_cart(cart_uid, files, bundle=self.bundle, reason=reason)
         if self.deferrable:
             self._defer(new_uid)
-        self._wait_on_worker(hook, new_uid)
         return new_uid
+
+    def _download(self, hook: PacificaCartdHook, cart_uid: str) -> dict[str, Any]:
+        files, event_summary = self.requested_files()
+        extracted = hook.download_cart(
+            cart_uid,
+            files,
+            self.destination,
+            bundle=self.bundle,
+            attempts=self.download_attempts,
+            max_resumes=self.max_resumes,
+            on_progress=lambda progress: self.log.info("Cart %s: %s", cart_uid, progress),
+            progress_interval=self.progress_interval,
+            durable=self.durable,
+            staging_key=_original_uid(cart_uid),  # every attempt finds the staging of a killed one
+        )
+        manifest = self._manifest(cart_uid, extracted, event_summary)
+        self.log.info(
+            "Published %d verified file(s), %d bytes, to %s",
+            manifest["file_count"],
+            manifest["total_bytes"],
+            manifest["destination"],
+        )
+        self._delete_carts(hook, cart_uid)
+        return manifest
 
     def _defer(self, cart_uid: str) -> NoReturn:
         self.defer(
@@ -261,48 +295,57 @@ class PacificaDownloadOperator(BaseOperator):
                 pacifica_conn_id=self.pacifica_conn_id,
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
+                max_consecutive_failures=self.max_consecutive_failures,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),
         )
 
-    def _wait_on_worker(self, hook: PacificaCartdHook, cart_uid: str) -> CartStatus:
-        """Poll on the worker (``deferrable=False``), with the same growing interval as the trigger."""
-        deadline = time.monotonic() + self.timeout
-        interval = self.poll_interval
-        while True:
-            status = hook.cart_status(cart_uid)
-            if status.ready:
-                return status
-            if status.failed:
-                self._fail_with_culprits(hook, cart_uid, f"cart {cart_uid} failed: {status.message}")
-            if status.missing:
-                if is_recreated(cart_uid):
-                    raise AirflowFailException(f"cart {cart_uid} vanished twice; giving up: {status.message}")
-                self.log.warning("Cart %s vanished while waiting (%s); creating it again", cart_uid, status.message)
-                cart_uid = self._recreate(hook, cart_uid, self.requested_files()[0])
-                continue
-            if time.monotonic() + interval > deadline:
-                raise AirflowException(f"cart {cart_uid} was not ready after {self.timeout:.0f}s ({status.state})")
-            self.log.info("Cart %s is %s; next poll in %.1fs", cart_uid, status.state, interval)
-            time.sleep(interval)
-            interval = min(interval * 1.5, self.max_poll_interval)
+    # -- outcomes -------------------------------------------------------------------------
 
-    def _fail_with_culprits(self, hook: PacificaCartdHook, cart_uid: str, message: str) -> NoReturn:
-        """Fail the task, naming the files that broke the cart.
+    @contextlib.contextmanager
+    def _outcomes(self, hook: PacificaCartdHook, cart_uid: str) -> Any:
+        """Turn the provider's errors into task outcomes: fail for good, or fail with retries.
 
-        Cartd's message says what failed ("File hash does not match provided hash") but not for
-        which file, and one bad file fails the whole cart. For carts of up to
-        ``diagnose_max_files`` files each file is staged alone in a probe cart, in parallel, to
-        name the culprits; bigger carts are not re-staged (tape recalls are expensive).
+        What a retry can mend (Cartd unreachable, an archive fault, a broken stream, a full disk)
+        keeps the cart for the retry to reuse; what it cannot (wrong data, hostile tars, a cart
+        lost twice) fails at once and deletes the carts.
+        """
+        try:
+            yield
+        except CartFailedError as err:
+            if err.transient:
+                raise AirflowException(f"{err} (a retry stages the cart again)") from err
+            message = self._name_culprits(hook, cart_uid, str(err))
+            self._delete_carts(hook, cart_uid)
+            raise AirflowFailException(message) from err
+        except (CartLostError, InvalidInputError) as err:
+            self._delete_carts(hook, cart_uid)
+            raise AirflowFailException(str(err)) from err
+        except RollbackError as err:  # a person must put the kept files back: a retry must not touch them
+            raise AirflowFailException(f"cart {cart_uid}: {err}") from err
+        except (StreamError, DestinationWriteError) as err:
+            raise AirflowException(f"cart {cart_uid}: {err}; {self.destination} was left unchanged") from err
+        except ExtractionError as err:  # hostile or wrong tar, or a destination that conflicts
+            self._delete_carts(hook, cart_uid)
+            raise AirflowFailException(f"cart {cart_uid}: {err}; {self.destination} was left unchanged") from err
+        except PacificaError as err:  # Cartd unreachable, a wait that timed out, an unexpected answer
+            raise AirflowException(str(err)) from err
+
+    def _name_culprits(self, hook: PacificaCartdHook, cart_uid: str, message: str) -> str:
+        """Cartd's message, with the files that broke the cart named when they can be found.
+
+        One bad file fails the whole cart and Cartd does not say which. For carts of up to
+        ``diagnose_max_files`` files each file is staged alone in a probe cart to find out;
+        bigger carts are not re-staged (tape recalls are expensive).
         """
         files, _ = self.requested_files()
         if len(files) == 1:
             culprits = [(files[0], message)]
-        elif len(files) <= self.diagnose_max_files:
+        elif 1 < len(files) <= self.diagnose_max_files:
             self.log.info("Cart %s failed; staging its %d files one by one to find the culprit", cart_uid, len(files))
             try:
-                culprits = probe_files(hook, cart_uid, files, timeout=min(self.timeout, 300.0))
+                culprits = hook.find_failed_files(_original_uid(cart_uid), files, timeout=min(self.timeout, 300.0))
             except PacificaError as err:  # the diagnosis is a courtesy; Cartd's own message stands
                 self.log.warning("Could not probe the files of cart %s: %s", cart_uid, err)
                 culprits = []
@@ -310,72 +353,14 @@ class PacificaDownloadOperator(BaseOperator):
             culprits = []
         if culprits:
             named = "; ".join(f"{f.path!r} (id {f.id!r}): {why}" for f, why in culprits)
-            raise AirflowFailException(f"{message}; failing file(s): {named}")
-        raise AirflowFailException(f"{message}; the cart held {len(files)} files, none was singled out")
+            return f"{message}; failing file(s): {named}"
+        return f"{message}; the cart held {len(files)} files, none was singled out"
 
-    def _download(self, hook: PacificaCartdHook, cart_uid: str, context: Context) -> dict[str, Any]:
-        files, event_summary = self.requested_files()
-        destination = Path(self.destination)
-        top_dir = cart_uid if self.bundle else DOWNLOAD_NAME
-        for attempt in range(1, self.download_attempts + 1):
-            try:
-                with hook.read_cart(cart_uid, filename=f"{DOWNLOAD_NAME}.tar", max_resumes=self.max_resumes) as reader:
-                    extracted = extract_cart(
-                        reader,
-                        files,
-                        destination,
-                        top_dir,
-                        on_progress=lambda p: self.log.info("Cart %s: %s", cart_uid, p),
-                        progress_interval=self.progress_interval,
-                        durable=self.durable,
-                    )
-                break
-            except (UnsafeMemberError, VerificationError) as err:
-                raise AirflowFailException(f"cart {cart_uid}: {err}; {destination} was left unchanged") from err
-            except RollbackError as err:  # a person must put the kept files back: a retry must not touch them
-                raise AirflowFailException(f"cart {cart_uid}: {err}") from err
-            except CartNotReadyError as err:
-                status = hook.cart_status(cart_uid)
-                if status.failed:  # it failed between our HEAD and the GET: no retry can help
-                    self._fail_with_culprits(hook, cart_uid, f"cart {cart_uid} failed: {status.message}")
-                raise AirflowException(
-                    f"cart {cart_uid} is not downloadable ({status.state}: {status.message})"
-                ) from err
-            except CartNotFoundError as err:
-                if is_recreated(cart_uid):
-                    raise AirflowFailException(f"cart {cart_uid} vanished twice; giving up: {err}") from err
-                self.log.warning("Cart %s vanished before download (%s); creating it again", cart_uid, err)
-                return self._download(hook, self._recreate(hook, cart_uid, files), context)
-            except (StreamError, CartdTransientError) as err:
-                if attempt == self.download_attempts:
-                    raise AirflowException(f"cart {cart_uid}: download failed {attempt} times: {err}") from err
-                self.log.warning(
-                    "Cart %s: download broke (%s); restarting (%d/%d)",
-                    cart_uid,
-                    err,
-                    attempt,
-                    self.download_attempts,
-                )
-            except ExtractionError as err:  # the destination conflicts (a directory where a file must go)
-                raise AirflowFailException(f"cart {cart_uid}: {err}; {destination} was left unchanged") from err
-
-        manifest = self._manifest(cart_uid, extracted, event_summary)
-        self.log.info(
-            "Published %d verified file(s), %d bytes, to %s",
-            manifest["file_count"],
-            manifest["total_bytes"],
-            manifest["destination"],
-        )
-        self._delete(hook, cart_uid)
-        return manifest
-
-    def _delete(self, hook: PacificaCartdHook, cart_uid: str) -> None:
-        if not self.delete_cart:
-            return
-        try:
-            hook.delete_cart(cart_uid)
-        except CartdError as err:  # the data is safe; Cartd's LRU will reclaim the cart
-            self.log.warning("Could not delete cart %s: %s", cart_uid, err)
+    def _delete_carts(self, hook: PacificaCartdHook, cart_uid: str) -> None:
+        """Delete this task instance's cart and its re-created twin, if ``delete_cart``."""
+        if self.delete_cart:
+            original = _original_uid(cart_uid)
+            hook.delete_carts(original, original + RECREATED_SUFFIX)
 
     def _manifest(
         self, cart_uid: str, extracted: Sequence[ExtractedFile], event_summary: dict[str, Any] | None
@@ -390,29 +375,5 @@ class PacificaDownloadOperator(BaseOperator):
         }
 
 
-def probe_files(
-    hook: PacificaCartdHook, cart_uid: str, files: Sequence[CartFile], timeout: float = 300.0
-) -> list[tuple[CartFile, str]]:
-    """Stage each file in a cart of its own; return the files whose cart failed, with Cartd's message."""
-    probes = {f"{cart_uid}-probe-{index}": file for index, file in enumerate(files)}
-    culprits: list[tuple[CartFile, str]] = []
-    pending = dict(probes)
-    deadline = time.monotonic() + timeout
-    try:
-        for probe_uid, file in probes.items():
-            hook.create_cart([file], cart_uid=probe_uid)
-        while pending and time.monotonic() < deadline:
-            for probe_uid, file in list(pending.items()):
-                status = hook.cart_status(probe_uid)
-                if status.pending:
-                    continue
-                del pending[probe_uid]
-                if not status.ready:
-                    culprits.append((file, status.message or status.state))
-            if pending:
-                time.sleep(0.5)
-    finally:
-        for probe_uid in probes:
-            with contextlib.suppress(CartdError):
-                hook.delete_cart(probe_uid)
-    return sorted(culprits, key=lambda culprit: files.index(culprit[0]))
+def _original_uid(cart_uid: str) -> str:
+    return cart_uid.removesuffix(RECREATED_SUFFIX)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, conf
@@ -29,6 +31,7 @@ class CartSensor(BaseSensorOperator):
     :param cart_uid: the cart to wait for (templated).
     :param pacifica_conn_id: the ``pacifica_cartd`` connection (templated).
     :param deferrable: wait in the triggerer instead of a worker slot.
+    :param poke_interval: seconds between pokes; deferred, the trigger's first ``poll_interval``.
     :param max_poll_interval: deferred only: the cap of the growing poll interval, in seconds.
     :param max_consecutive_failures: deferred only: transient faults in a row before failing.
     """
@@ -54,8 +57,9 @@ class CartSensor(BaseSensorOperator):
         self.max_poll_interval = max_poll_interval
         self.max_consecutive_failures = max_consecutive_failures
 
-    @property
+    @cached_property
     def hook(self) -> PacificaCartdHook:
+        """One hook (one connection lookup, one HTTP session) per execution; closed when it ends."""
         return PacificaCartdHook(pacifica_conn_id=self.pacifica_conn_id)
 
     def poke(self, context: Context) -> bool:
@@ -68,11 +72,12 @@ class CartSensor(BaseSensorOperator):
         return status.ready
 
     def execute(self, context: Context) -> None:
-        if not self.deferrable:
-            super().execute(context)
-            return
-        if self.poke(context):  # already ready: no need to visit the triggerer
-            return
+        with contextlib.closing(self.hook):
+            if not self.deferrable:
+                super().execute(context)
+                return
+            if self.poke(context):  # already ready: no need to visit the triggerer
+                return
         self.defer(
             trigger=CartReadyTrigger(
                 cart_uid=self.cart_uid,

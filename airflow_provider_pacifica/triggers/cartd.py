@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_pacifica.backoff import Backoff
 from airflow_provider_pacifica.exceptions import CartdTransientError, InvalidInputError, PacificaError
 from airflow_provider_pacifica.hooks.cartd import PacificaCartdHook
 
@@ -15,16 +15,13 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 
-def _jittered(seconds: float) -> float:
-    """Up to 10 % less, so that many triggers started together do not poll Cartd in lockstep."""
-    return seconds * (1 - 0.1 * random.random())
-
-
 class CartReadyTrigger(BaseTrigger):
     """Poll ``HEAD /<cart_uid>`` until the cart is ready, failed or gone; yield one event.
 
     The event is ``{"status": "ready" | "error" | "missing", "message": ..., "cart_uid": ...}``;
-    an error that came from Cartd being unreachable (not from the cart) adds ``"retryable": True``.
+    an error that a task retry may mend (Cartd unreachable, or a cart failed by a passing archive or
+    disk fault: see :func:`~airflow_provider_pacifica.carts.is_transient_cart_failure`) adds
+    ``"retryable": True``.
     Polling only reads, so the trigger is safe to run twice (triggerer restarts, HA). Transient
     faults (Cartd restarting, timeouts, 502/503) are ridden through with backoff; only
     ``max_consecutive_failures`` of them in a row end in an ``error`` event.
@@ -68,10 +65,11 @@ class CartReadyTrigger(BaseTrigger):
         return TriggerEvent({"status": status, "message": message, "cart_uid": self.cart_uid, **extra})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        # No requests adapter: the trigger only speaks aiohttp.
-        hook = PacificaCartdHook(pacifica_conn_id=self.pacifica_conn_id, tcp_keep_alive=False)
-        interval = self.poll_interval
-        failures = 0
+        hook = PacificaCartdHook(pacifica_conn_id=self.pacifica_conn_id)
+        # Jittered, so that many triggers started together do not poll Cartd in lockstep.
+        polls = Backoff(self.poll_interval, cap=self.max_poll_interval, factor=1.5)
+        faults = Backoff(self.poll_interval, cap=self.max_poll_interval)
+        polled = failures = 0
         try:
             async with hook.async_session() as session:
                 while True:
@@ -81,10 +79,10 @@ class CartReadyTrigger(BaseTrigger):
                         failures += 1
                         if failures >= self.max_consecutive_failures:
                             # Cartd unreachable, not the cart failing: a task retry may well succeed.
-                            message = f"gave up after {failures} failed polls in a row: {err}"
+                            message = f"cart {self.cart_uid}: gave up after {failures} failed polls in a row: {err}"
                             yield self._event("error", message, retryable=True)
                             return
-                        delay = min(self.poll_interval * 2**failures, self.max_poll_interval)
+                        delay = faults.delay(failures)
                         self.log.warning(
                             "Cart %s: %s (failure %d/%d); next poll in %.1fs",
                             self.cart_uid,
@@ -93,21 +91,24 @@ class CartReadyTrigger(BaseTrigger):
                             self.max_consecutive_failures,
                             delay,
                         )
-                        await asyncio.sleep(_jittered(delay))
+                        await asyncio.sleep(delay)
                         continue
                     failures = 0
                     if status.ready:
                         yield self._event("ready", f"cart {self.cart_uid} is ready")
                         return
                     if status.failed:
-                        yield self._event("error", f"cart {self.cart_uid} failed: {status.message}")
+                        # An archive fault or a full cache may pass: then a task retry stages it again.
+                        extra = {"retryable": True} if status.transient else {}
+                        yield self._event("error", f"cart {self.cart_uid} failed: {status.message}", **extra)
                         return
                     if status.missing:
                         yield self._event("missing", status.message)
                         return
-                    self.log.debug("Cart %s is %s; next poll in %.1fs", self.cart_uid, status.state, interval)
-                    await asyncio.sleep(_jittered(interval))
-                    interval = min(interval * 1.5, self.max_poll_interval)
+                    delay = polls.delay(polled)
+                    polled += 1
+                    self.log.debug("Cart %s is %s; next poll in %.1fs", self.cart_uid, status.state, delay)
+                    await asyncio.sleep(delay)
         except InvalidInputError as err:  # bad connection settings: a retry cannot help
             yield self._event("error", str(err))
         except PacificaError as err:  # an unexpected answer (a proxy's 500, 401...), not the cart's state

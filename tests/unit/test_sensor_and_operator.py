@@ -212,7 +212,12 @@ def test_operator_downloads_verifies_publishes_and_returns_a_manifest(http_serve
     assert manifest["event"]["id"] == "evt-1"
     assert manifest["event"]["transaction_id"] == 99
     assert json.loads(json.dumps(manifest)) == manifest  # XCom-safe
-    assert [r.method for r in http_server.requests] == ["HEAD", "GET", "DELETE"]
+    # the cart is deleted, and its re-created twin in case an earlier attempt had made one
+    assert [(r.method, r.path.rsplit("/", 1)[-1][-3:]) for r in http_server.requests][2:] == [
+        ("DELETE", manifest["cart_uid"][-3:]),
+        ("DELETE", "-r1"),
+    ]
+    assert [r.method for r in http_server.requests][:2] == ["HEAD", "GET"]
     assert http_server.requests[1].query == {"filename": ["data.tar"]}
 
 
@@ -243,7 +248,9 @@ def test_hostile_tars_served_over_http_fail_the_task_and_touch_nothing(http_serv
     # unsafe or unverifiable content fails at once; a broken stream may be retried
     assert isinstance(failure.value, AirflowFailException) == (error.__name__ != "StreamError")
     assert snapshot(tmp_path) == before
-    assert "DELETE" not in [r.method for r in http_server.requests]
+    # a cart that failed for good is deleted from Cartd; one that a retry may download is kept
+    deleted = "DELETE" in [r.method for r in http_server.requests]
+    assert deleted == isinstance(failure.value, AirflowFailException)
 
 
 def _stalling(data: bytes):
@@ -314,7 +321,11 @@ def test_a_failed_cart_is_probed_file_by_file_to_name_the_culprit(http_server, c
     )
     methods = [(r.method, r.path) for r in http_server.requests]
     assert [m for m in methods if m[0] == "POST"] == [("POST", f"/c-probe-{i}") for i in range(4)]
-    assert sorted(m for m in methods if m[0] == "DELETE") == [("DELETE", f"/c-probe-{i}") for i in range(4)]
+    assert sorted(m for m in methods if m[0] == "DELETE") == [
+        ("DELETE", "/c"),
+        *(("DELETE", f"/c-probe-{i}") for i in range(4)),
+        ("DELETE", "/c-r1"),
+    ]
 
 
 def test_a_cart_purged_while_waiting_is_created_once_more(http_server, cartd_conn, tmp_path):
@@ -341,7 +352,7 @@ def test_a_retry_after_a_successful_publish_does_not_download_again(http_server,
     http_server.requests.clear()
     second = op.execute(make_context())
     assert second == first
-    assert [r.method for r in http_server.requests] == ["DELETE"]  # no HEAD, POST or GET
+    assert [r.method for r in http_server.requests] == ["DELETE", "DELETE"]  # the cart and its twin; no HEAD, POST, GET
 
 
 def test_a_changed_file_in_the_destination_means_a_new_download(http_server, cartd_conn, tmp_path):

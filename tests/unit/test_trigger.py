@@ -9,6 +9,7 @@ import weakref
 import pytest
 from airflow.triggers.base import TriggerEvent
 
+from airflow_provider_pacifica import backoff as backoff_module
 from airflow_provider_pacifica.triggers import cartd as trigger_module
 from airflow_provider_pacifica.triggers.cartd import CartReadyTrigger
 from tests.httpserver import Reply, cartd_head
@@ -27,7 +28,7 @@ def sleeps(monkeypatch):
         await real_sleep(0)
 
     monkeypatch.setattr(trigger_module.asyncio, "sleep", fake_sleep)
-    monkeypatch.setattr(trigger_module.random, "random", lambda: 0.0)  # no jitter: exact intervals
+    monkeypatch.setattr(backoff_module.random, "random", lambda: 0.0)  # no jitter: exact intervals
     return waited
 
 
@@ -161,12 +162,15 @@ async def test_the_event_loop_is_never_blocked(http_server, cartd_conn):
 
 
 def test_polls_are_jittered_by_at_most_a_tenth(monkeypatch):
-    monkeypatch.setattr(trigger_module.random, "random", lambda: 0.999)
-    assert 9.0 < trigger_module._jittered(10.0) <= 10.0
+    monkeypatch.setattr(backoff_module.random, "random", lambda: 0.999)
+    assert 9.0 < backoff_module.Backoff(10.0).delay(0) <= 10.0
+    monkeypatch.setattr(backoff_module.random, "random", lambda: 0.0)
+    assert backoff_module.Backoff(10.0).delay(0) == 10.0
 
 
 async def test_triggers_starting_together_read_the_connection_once(http_server, cartd_conn, sleeps, monkeypatch):
     from airflow_provider_pacifica.hooks import cartd as hook_module
+    from airflow_provider_pacifica.hooks import cartd_async
 
     cartd_conn()
     http_server.sequence(cartd_head("ready"))
@@ -178,7 +182,7 @@ async def test_triggers_starting_together_read_the_connection_once(http_server, 
         return await real_fetch(self)
 
     monkeypatch.setattr(hook_module.PacificaCartdHook, "_fetch_config", counting_fetch)
-    monkeypatch.setattr(hook_module, "_ASYNC_CONFIGS", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(cartd_async, "_CONFIGS", weakref.WeakKeyDictionary())
     events = await asyncio.gather(*(first_event(CartReadyTrigger(cart_uid=f"c{i}")) for i in range(20)))
     assert {e.payload["status"] for e in events} == {"ready"}
     assert fetches == ["pacifica_cartd_default"]
