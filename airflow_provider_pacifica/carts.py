@@ -37,6 +37,7 @@ PERMANENT_CART_FAILURES = ("File hash does not match provided hash", "Error pars
 
 def is_transient_cart_failure(message: str) -> bool:
     """Whether a failed cart's ``X-Pacifica-Message`` names a fault that a later attempt may not meet."""
+    message = " ".join(message.split())  # some of Cartd's texts hold a newline and an indent
     if any(text in message for text in PERMANENT_CART_FAILURES):
         return False
     return "Failed to pull with error" in message or any(text in message for text in TRANSIENT_CART_FAILURES)

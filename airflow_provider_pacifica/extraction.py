@@ -259,6 +259,7 @@ def stage_files(
             last_report = now
             on_progress(Progress(len(done), len(files), bytes_done, bytes_total, now - started))
 
+    writing = ""  # the file being written, for a write error's message
     prefetcher = _Prefetcher(stream)
     try:
         reader = TarStreamReader(_GuardedStream(prefetcher), CHUNK_SIZE)
@@ -281,6 +282,7 @@ def stage_files(
                     f"file {wanted.path!r} (id {wanted.id!r}) is {member.size} bytes in the cart, "
                     f"Pacifica said {wanted.size}"
                 )
+            writing = relative
             parent, _, _ = relative.rpartition("/")
             if parent not in made_dirs:
                 os.makedirs(os.path.join(staging_root, parent), exist_ok=True)
@@ -315,9 +317,8 @@ def stage_files(
     except FileExistsError as err:  # two names that normalise to one path
         raise UnsafeMemberError(f"tar member written twice: {err.filename}") from err
     except OSError as err:  # the network side's errors are StreamErrors: this is the staging disk
-        where = f" {err.filename}" if err.filename else ""
         raise DestinationWriteError(
-            f"could not write into the staging directory{where}: {err.strerror or err}; nothing was published"
+            f"could not write file {writing!r} into the staging directory: {err.strerror or err}; nothing was published"
         ) from err
     finally:
         prefetcher.close()

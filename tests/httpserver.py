@@ -32,6 +32,7 @@ class Reply:
     body: bytes | Iterable[bytes] = b""
     delay: float = 0.0  # seconds to stall before answering
     cut_after: int | None = None  # close the socket after this many body bytes
+    drop: bool = False  # close the socket without answering (the request was received)
     chunked: bool = False  # Transfer-Encoding: chunked, as Cartd streams carts
 
 
@@ -65,6 +66,9 @@ class ScriptedServer:
                 reply = server.handler(request)
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.drop:
+                    self.close_connection = True
+                    return
                 chunks = [reply.body] if isinstance(reply.body, bytes) else reply.body
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():

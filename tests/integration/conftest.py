@@ -6,6 +6,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -57,6 +58,25 @@ def cartd_stack(tmp_path_factory):
         yield start_stack(workdir)
     finally:
         subprocess.run([sys.executable, str(STACK), "stop", "--workdir", str(workdir)], timeout=120, check=False)
+
+
+@pytest.fixture
+def hook(cartd_stack, set_connection):
+    """A ``PacificaCartdHook`` on the real Cartd (connection ``pacifica_cartd_default``)."""
+    from airflow_provider_pacifica.hooks.cartd import PacificaCartdHook
+
+    url = urlsplit(cartd_stack.cartd_url)
+    set_connection(
+        "pacifica_cartd_default",
+        {
+            "conn_type": "pacifica_cartd",
+            "host": url.hostname,
+            "port": url.port,
+            "schema": "http",
+            "extra": {"read_timeout": 30},
+        },
+    )
+    return PacificaCartdHook()
 
 
 def pytest_collection_modifyitems(items):

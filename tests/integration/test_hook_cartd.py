@@ -7,29 +7,12 @@ import io
 import tarfile
 import time
 import uuid
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from airflow_provider_pacifica.cloudevents import CartFile
 from airflow_provider_pacifica.hooks.cartd import CartStatus, PacificaCartdHook
-
-
-@pytest.fixture
-def hook(cartd_stack, set_connection):
-    url = urlsplit(cartd_stack.cartd_url)
-    set_connection(
-        "pacifica_cartd_default",
-        {
-            "conn_type": "pacifica_cartd",
-            "host": url.hostname,
-            "port": url.port,
-            "schema": "http",
-            "extra": {"read_timeout": 30},
-        },
-    )
-    return PacificaCartdHook()
 
 
 def load(cartd_stack, contents: dict[str, bytes]) -> list[CartFile]:
