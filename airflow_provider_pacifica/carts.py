@@ -8,8 +8,10 @@ not ready), ``DELETE /<uid>`` removes it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_pacifica.exceptions import CartdError, CartdTransientError, InvalidInputError
 
@@ -120,3 +122,10 @@ def validate_cart_uid(cart_uid: str) -> None:
         or not all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in cart_uid)
     ):
         raise InvalidInputError(f"invalid cart uid {cart_uid!r}: use 1-128 of A-Z a-z 0-9 - _ .")
+
+
+def derive_cart_uid(identity: Mapping[str, Any], prefix: str = "airflow") -> str:
+    """A cart uid that is the same for the same ``identity`` (JSON-able: e.g. dag, run, task and
+    the file list), so a retry finds the cart its first attempt created instead of staging another."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{prefix}-{digest[:40]}"

@@ -1,44 +1,54 @@
 """
 ### Wait for a cart with CartSensor, then download it
 
-Shows the provider's building blocks one by one, for pipelines that manage carts themselves:
+The provider's building blocks one by one, for pipelines that manage carts themselves, written so
+that any task can be retried without staging or downloading twice:
 
-1. ``create_cart`` creates a Cartd cart of the files in ``dag_run.conf["cloudevent"]`` (or
-   ``dag_run.conf["files"]``) through ``PacificaCartdHook.create_cart``.
+1. ``create_cart`` derives the cart uid from the run and the file list (``derive_cart_uid``) and
+   calls ``PacificaCartdHook.ensure_cart``: a retry finds the cart its first attempt created.
+   The files come from ``dag_run.conf["cloudevent"]`` (or ``dag_run.conf["files"]``).
 2. ``wait_for_cart`` (``CartSensor``, **deferred**) waits in the triggerer until Cartd has staged it.
-3. ``download_cart`` streams the tar with ``PacificaCartdHook.open_cart_stream`` into
-   ``extract_cart``, which verifies every file and publishes them atomically, then deletes the cart.
+3. ``download_cart`` calls ``PacificaCartdHook.download_cart``: the tar is streamed, a broken
+   stream restarted, every file verified and the files published atomically under
+   ``$PACIFICA_DOWNLOAD_ROOT/<run id>/``; a retry after a published download finds the verified
+   files (``verify_published``) and downloads nothing. Then the cart is deleted.
 
 Needs the connection ``pacifica_cartd_default`` (type ``pacifica_cartd``) pointing at Cartd.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import dag, task
 
+from airflow_provider_pacifica.carts import derive_cart_uid
 from airflow_provider_pacifica.cloudevents import files_from_cloudevent, files_from_list
-from airflow_provider_pacifica.extraction import extract_cart
+from airflow_provider_pacifica.destinations import destination_for
+from airflow_provider_pacifica.extraction import verify_published
 from airflow_provider_pacifica.hooks.cartd import PacificaCartdHook
 from airflow_provider_pacifica.sensors.cartd import CartSensor
 
-DOWNLOAD_ROOT = os.environ.get("PACIFICA_DOWNLOAD_ROOT", "/tmp/pacifica-downloads")
 
-
-def _requested_files(conf: dict[str, Any]) -> list[dict[str, Any]]:
-    files = files_from_cloudevent(conf["cloudevent"]) if "cloudevent" in conf else files_from_list(conf["files"])
-    return [f.to_dict() for f in files]
-
-
-@dag(schedule=None, catchup=False, doc_md=__doc__, tags=["pacifica", "example"])
+@dag(
+    schedule=None,
+    catchup=False,
+    doc_md=__doc__,
+    tags=["pacifica", "example"],
+    default_args={"retries": 3, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+)
 def pacifica_cart_sensor():
     @task
     def create_cart(dag_run=None) -> dict[str, Any]:
-        files = _requested_files(dag_run.conf or {})
-        cart_uid = PacificaCartdHook().create_cart(files)
-        return {"cart_uid": cart_uid, "files": files}
+        conf = dag_run.conf or {}
+        files = files_from_cloudevent(conf["cloudevent"]) if "cloudevent" in conf else files_from_list(conf["files"])
+        records = [f.to_dict() for f in files]
+        cart_uid = derive_cart_uid({"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "files": records})
+        with contextlib.closing(PacificaCartdHook()) as hook:
+            hook.ensure_cart(cart_uid, files)
+        return {"cart_uid": cart_uid, "files": records}
 
     cart = create_cart()
 
@@ -52,14 +62,21 @@ def pacifica_cart_sensor():
 
     @task
     def download_cart(cart: dict[str, Any], run_id=None) -> dict[str, Any]:
-        hook = PacificaCartdHook()
-        destination = f"{DOWNLOAD_ROOT}/{run_id}"
-        with hook.open_cart_stream(cart["cart_uid"], filename="data.tar") as response:
-            extracted = extract_cart(
-                response.raw, files_from_list(cart["files"]), destination, "data", on_progress=print
-            )
-        hook.delete_cart(cart["cart_uid"])
-        return {"destination": destination, "files": [f.to_dict() for f in extracted]}
+        files = files_from_list(cart["files"])
+        destination = destination_for(run_id)
+        with contextlib.closing(PacificaCartdHook()) as hook:
+            extracted = verify_published(files, destination)  # a retry after a published download
+            if extracted is None:
+                extracted = hook.download_cart(cart["cart_uid"], files, destination, attempts=3, on_progress=print)
+            hook.delete_cart(cart["cart_uid"])
+        total = sum(f.size for f in extracted)
+        print(f"{len(extracted)} verified files, {total} bytes in {destination}")
+        return {
+            "destination": destination,
+            "cart_uid": cart["cart_uid"],
+            "file_count": len(extracted),
+            "total_bytes": total,
+        }
 
     cart >> wait_for_cart >> download_cart(cart)
 

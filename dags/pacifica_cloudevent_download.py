@@ -11,11 +11,13 @@ Runs whenever a Pacifica ingest CloudEvent is recorded on the asset ``pacifica:/
 2. ``download`` (``PacificaDownloadOperator``, mapped: one task per event) creates a Cartd cart of
    the event's files, waits for it **deferred** in the triggerer (no worker slot held while tape
    stages), streams the tar, verifies every file against the hash Pacifica gave, and publishes the
-   files atomically under ``$PACIFICA_DOWNLOAD_ROOT/<run id>/<event id>/<subdir>/<name>``. It
-   returns a manifest.
-3. ``summarize`` (one per download) reads the files through the manifest and does real work on
-   them: per-file size, line count for text, SHA-256; totals. Its summary is attached to the
-   outlet asset ``pacifica://airflow/downloads`` so further DAGs can chain on finished downloads.
+   files atomically under ``$PACIFICA_DOWNLOAD_ROOT/<run id>/<event id>/<subdir>/<name>`` (run and
+   event ids made safe as directory names). It returns a manifest. Failures a retry can mend
+   (Cartd unreachable, an archive fault, a broken stream, a full disk) are retried, reusing the cart.
+3. ``summarize`` (one per download) streams each file named by the manifest (1 MiB at a time,
+   whatever its size): bytes, lines, SHA-256, printed per file; it returns only the totals (a
+   small XCom) and attaches them to the outlet asset ``pacifica://airflow/downloads`` so further
+   DAGs can chain on finished downloads.
 
 Needs the connection ``pacifica_cartd_default`` (type ``pacifica_cartd``) pointing at Cartd.
 """
@@ -24,27 +26,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset, dag, task
 
+from airflow_provider_pacifica.destinations import destination_for, safe_name
 from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
 
 
-def _directory_name(cloudevent: Any, index: int) -> str:
-    """A directory name from the event's id (``eventID`` in CloudEvents 0.1, ``id`` in 1.0)."""
+def _event_id(cloudevent: Any) -> str:
+    """The event's id (``eventID`` in CloudEvents 0.1, ``id`` in 1.0), or ``""``."""
     event = json.loads(cloudevent) if isinstance(cloudevent, str) else cloudevent
-    raw = str((event.get("eventID") or event.get("id") or "") if isinstance(event, dict) else "")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._")[:100]
-    return name or f"event-{index}"
+    return str((event.get("eventID") or event.get("id") or "") if isinstance(event, dict) else "")
+
+
+def summarize_file(path: Path) -> dict[str, Any]:
+    """Bytes, lines and SHA-256 of one file, read in 1 MiB pieces: memory stays flat for any size."""
+    digest, size, lines, binary = hashlib.sha256(), 0, 0, False
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+            lines += chunk.count(b"\n")
+            binary = binary or b"\0" in chunk
+    return {"bytes": size, "lines": None if binary else lines, "sha256": digest.hexdigest()}
 
 
 PACIFICA_INGEST = Asset(name="pacifica_ingest", uri="pacifica://metadata/ingest")
 PACIFICA_DOWNLOADS = Asset(name="pacifica_downloads", uri="pacifica://airflow/downloads")
-DOWNLOAD_ROOT = os.environ.get("PACIFICA_DOWNLOAD_ROOT", "/tmp/pacifica-downloads")
 
 
 @dag(
@@ -53,6 +64,7 @@ DOWNLOAD_ROOT = os.environ.get("PACIFICA_DOWNLOAD_ROOT", "/tmp/pacifica-download
     doc_md=__doc__,
     tags=["pacifica", "example"],
     max_active_runs=4,
+    default_args={"retries": 3, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
 )
 def pacifica_cloudevent_download():
     @task
@@ -71,12 +83,12 @@ def pacifica_cloudevent_download():
             raise ValueError("no CloudEvent: expected asset event extra['cloudevent'] or dag_run.conf['cloudevent']")
         downloads: dict[str, dict[str, Any]] = {}
         for index, cloudevent in enumerate(events):
-            name = _directory_name(cloudevent, index)
+            name = safe_name(_event_id(cloudevent), fallback=f"event-{index}")
             if name in downloads:
                 if downloads[name]["cloudevent"] == cloudevent:
                     continue  # the same event delivered twice is downloaded once
                 name = f"{name}-{index}"  # two events whose ids make the same name: both are kept
-            downloads[name] = {"cloudevent": cloudevent, "destination": f"{DOWNLOAD_ROOT}/{run_id}/{name}"}
+            downloads[name] = {"cloudevent": cloudevent, "destination": destination_for(run_id, name)}
         return list(downloads.values())
 
     download = PacificaDownloadOperator.partial(
@@ -88,31 +100,29 @@ def pacifica_cloudevent_download():
 
     @task(outlets=[PACIFICA_DOWNLOADS])
     def summarize(manifest: dict[str, Any], outlet_events=None) -> dict[str, Any]:
-        """Per-file size, lines (text files) and SHA-256, plus totals, read through the manifest."""
+        """Per-file bytes, lines and SHA-256, streamed; returns (and emits) only the totals."""
         root = Path(manifest["destination"])
-        per_file = []
+        file_count = total_bytes = text_lines = 0
         for entry in manifest["files"]:
-            data = (root / entry["path"]).read_bytes()
-            try:
-                lines: int | None = data.decode("utf-8").count("\n")
-            except UnicodeDecodeError:
-                lines = None  # binary
-            per_file.append(
-                {"path": entry["path"], "bytes": len(data), "lines": lines, "sha256": hashlib.sha256(data).hexdigest()}
-            )
-            print(f"{entry['path']}: {len(data)} bytes, {'binary' if lines is None else f'{lines} lines'}")
+            facts = summarize_file(root / entry["path"])
+            kind = "binary" if facts["lines"] is None else f"{facts['lines']} lines"
+            print(f"{entry['path']}: {facts['bytes']} bytes, {kind}, sha256 {facts['sha256']}")
+            file_count += 1
+            total_bytes += facts["bytes"]
+            text_lines += facts["lines"] or 0
+        event = manifest.get("event") or {}
         summary = {
             "destination": manifest["destination"],
-            "event_id": (manifest.get("event") or {}).get("id"),
-            "transaction_id": (manifest.get("event") or {}).get("transaction_id"),
-            "file_count": len(per_file),
-            "total_bytes": sum(f["bytes"] for f in per_file),
-            "text_lines": sum(f["lines"] or 0 for f in per_file),
+            "event_id": event.get("id"),
+            "transaction_id": event.get("transaction_id"),
+            "file_count": file_count,
+            "total_bytes": total_bytes,
+            "text_lines": text_lines,
         }
-        print(f"Total: {summary['file_count']} files, {summary['total_bytes']} bytes, {summary['text_lines']} lines")
+        print(f"Total: {file_count} files, {total_bytes} bytes, {text_lines} lines")
         if outlet_events is not None:
             outlet_events[PACIFICA_DOWNLOADS].extra = summary
-        return {**summary, "files": per_file}
+        return summary
 
     summarize.expand(manifest=download.output)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from airflow_provider_pacifica.carts import derive_cart_uid
 from airflow_provider_pacifica.cloudevents import (
     CartFile,
     files_from_list,
@@ -195,8 +194,7 @@ class PacificaDownloadOperator(BaseOperator):
             "files": [f.to_fileid() for f in files],
             "bundle": self.bundle,
         }
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-        return f"airflow-{digest[:40]}"
+        return derive_cart_uid(identity)
 
     # -- execution ------------------------------------------------------------------------
 

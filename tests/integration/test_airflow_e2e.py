@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from airflow_provider_pacifica.destinations import safe_name
 from tests.integration.airflow_stack import start_airflow
 from tests.integration.test_download_dag import TEXT_FILES, ingest_event
 
@@ -87,7 +88,7 @@ def test_a_notification_runs_the_download_dag_deferred_and_verified(airflow, car
     queued_after = time.monotonic() - posted
     assert run["run_type"] == "asset_triggered"
     run_id = run["dag_run_id"]
-    destination = airflow.home / "downloads" / run_id / event["eventID"]
+    destination = airflow.home / "downloads" / safe_name(run_id) / event["eventID"]
 
     seen_states: set[str] = set()
     files_after = None

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from airflow_provider_pacifica.destinations import safe_name
 from tests.conftest import REPO
 
 TEXT_FILES = {
@@ -84,7 +85,7 @@ def test_cloudevent_dag_downloads_verified_files_and_summarises_them(
     assert task_states(dag_run) == {"pick_cloudevents": "success", "download": "success", "summarize": "success"}
     assert str(dag_run.state) == "success"
 
-    destination = tmp_path / dag_run.run_id / event["eventID"]
+    destination = tmp_path / safe_name(dag_run.run_id) / event["eventID"]
     for path, data in TEXT_FILES.items():
         assert (destination / path).read_bytes() == data
     assert sorted(str(p.relative_to(destination)) for p in destination.rglob("*") if p.is_file()) == sorted(TEXT_FILES)
@@ -115,7 +116,7 @@ def test_cart_sensor_dag_waits_deferred_and_downloads(cartd_stack, cartd_connect
     dag_run = load_dag("pacifica_cart_sensor").test(run_conf={"cloudevent": event})
     assert task_states(dag_run) == {"create_cart": "success", "wait_for_cart": "success", "download_cart": "success"}
     for path, data in TEXT_FILES.items():
-        assert (Path(tmp_path) / dag_run.run_id / path).read_bytes() == data
+        assert (Path(tmp_path) / safe_name(dag_run.run_id) / path).read_bytes() == data
 
 
 def test_parallel_dag_downloads_one_event_as_several_verified_carts(
@@ -124,8 +125,8 @@ def test_parallel_dag_downloads_one_event_as_several_verified_carts(
     monkeypatch.setenv("PACIFICA_DOWNLOAD_ROOT", str(tmp_path))
     contents = {f"many/part-{i}.bin": bytes([i]) * (10_000 + i) for i in range(6)} | TEXT_FILES
     event = ingest_event(cartd_stack, contents)
-    dag_run = load_dag("pacifica_parallel_download").test(run_conf={"cloudevent": event, "parts": 3})
+    dag_run = load_dag("pacifica_parallel_download").test(run_conf={"cloudevent": event, "max_files": 3})
     assert str(dag_run.state) == "success"
     for path, data in contents.items():
-        assert (tmp_path / dag_run.run_id / path).read_bytes() == data
+        assert (tmp_path / safe_name(dag_run.run_id) / path).read_bytes() == data
     assert f"{len(contents)} files, {sum(map(len, contents.values()))} bytes from 3 carts" in capfd.readouterr().out
