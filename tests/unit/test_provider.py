@@ -120,8 +120,10 @@ def test_airflow_cli_lists_the_hook(tmp_path):
 def test_every_queued_ingest_event_gets_its_own_download_directory(dagbag):
     from types import SimpleNamespace
 
+    from airflow_provider_pacifica.destinations import download_root
+
     pick = dagbag.dags["pacifica_cloudevent_download"].get_task("pick_cloudevents").python_callable
-    ingest, root = pick.__globals__["PACIFICA_INGEST"], pick.__globals__["DOWNLOAD_ROOT"]
+    ingest, root = pick.__globals__["PACIFICA_INGEST"], download_root()
 
     def event(event_id, files="f"):
         return {"cloudEventsVersion": "0.1", "eventID": event_id, "data": files}
