@@ -12,6 +12,7 @@ Each batch is a list of file dicts (XCom- and JSON-safe), verified on its own.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_pacifica.exceptions import InvalidInputError
@@ -75,7 +76,7 @@ def merge_manifests(manifests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     destinations = {m["destination"] for m in manifests}
     if len(destinations) != 1:
         raise InvalidInputError(f"manifests of different destinations cannot be merged: {sorted(destinations)}")
-    files = [entry for manifest in manifests for entry in manifest["files"]]
+    files = [entry for manifest in manifests for entry in manifest_files(manifest)]
     return {
         "destination": destinations.pop(),
         "cart_uids": [m["cart_uid"] for m in manifests],
@@ -84,3 +85,12 @@ def merge_manifests(manifests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "files": files,
         "event": next((m.get("event") for m in manifests if m.get("event")), None),
     }
+
+
+def manifest_files(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The file list of a download manifest: in it, or in the file its ``files_path`` names
+    (``PacificaDownloadOperator`` writes big lists beside the files to keep XComs small)."""
+    if "files" in manifest:
+        return list(manifest["files"])
+    with open(manifest["files_path"], encoding="utf-8") as handle:
+        return list(json.load(handle))

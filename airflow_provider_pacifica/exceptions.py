@@ -61,6 +61,10 @@ class CartWaitTimeoutError(CartdError):
     """A cart was still not ready when the wait's time ran out."""
 
 
+class DownloadCancelledError(PacificaError):
+    """The download was stopped from outside (the task was killed); nothing was published."""
+
+
 class ExtractionError(PacificaError):
     """The cart's tar stream could not be turned into the requested, verified files."""
 

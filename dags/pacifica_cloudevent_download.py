@@ -32,6 +32,7 @@ from typing import Any
 
 from airflow.sdk import Asset, dag, task
 
+from airflow_provider_pacifica.batching import manifest_files
 from airflow_provider_pacifica.destinations import destination_for, safe_name
 from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
 
@@ -103,7 +104,7 @@ def pacifica_cloudevent_download():
         """Per-file bytes, lines and SHA-256, streamed; returns (and emits) only the totals."""
         root = Path(manifest["destination"])
         file_count = total_bytes = text_lines = 0
-        for entry in manifest["files"]:
+        for entry in manifest_files(manifest):
             facts = summarize_file(root / entry["path"])
             kind = "binary" if facts["lines"] is None else f"{facts['lines']} lines"
             print(f"{entry['path']}: {facts['bytes']} bytes, {kind}, sha256 {facts['sha256']}")

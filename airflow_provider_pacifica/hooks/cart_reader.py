@@ -42,7 +42,7 @@ class CartReader:
         self.resumes = 0
         self.size: int | None = None
         self._identity: tuple[str | None, str | None] = (None, None)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # close() may come from a signal handler (on_kill) in any thread
         self._stack = contextlib.ExitStack()
         self._response: requests.Response | None = None
         self._closed = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from airflow_provider_pacifica.exceptions import (
     CartNotFoundError,
     CartNotReadyError,
     CartWaitTimeoutError,
+    DownloadCancelledError,
     InvalidInputError,
     StreamError,
 )
@@ -135,6 +137,8 @@ class PacificaCartdHook(BaseHook):
         self.pacifica_conn_id = pacifica_conn_id
         self._config: CartdConnectionConfig | None = None
         self._session: requests.Session | None = None
+        self._cancelled = threading.Event()
+        self._readers: set[CartReader] = set()
 
     # -- configuration --------------------------------------------------------------------
 
@@ -285,10 +289,22 @@ class PacificaCartdHook(BaseHook):
         """Open the cart's tar as a readable stream that resumes after a dropped connection
         in bundle mode (see :class:`CartReader`)."""
         reader = CartReader(self, cart_uid, filename, max_resumes)
+        self._readers.add(reader)
         try:
+            if self._cancelled.is_set():
+                raise DownloadCancelledError(f"the download of cart {cart_uid} was cancelled")
             reader.open()
             yield reader
         finally:
+            self._readers.discard(reader)
+            reader.close()
+
+    def cancel(self) -> None:
+        """Stop the downloads of this hook (from another thread, or a signal handler): their
+        streams are closed, their staging removed, and ``download_cart`` raises
+        ``DownloadCancelledError`` instead of starting again."""
+        self._cancelled.set()
+        for reader in list(self._readers):
             reader.close()
 
     def delete_cart(self, cart_uid: str) -> bool:
@@ -450,6 +466,8 @@ class PacificaCartdHook(BaseHook):
                     f"cart {cart_uid} is not downloadable ({status.state}: {status.message})"
                 ) from err
             except (StreamError, CartdTransientError) as err:
+                if self._cancelled.is_set():  # cancel() closed the stream under the download
+                    raise DownloadCancelledError(f"the download of cart {cart_uid} was cancelled") from err
                 if attempt == attempts:
                     raise CartdTransientError(f"cart {cart_uid}: download failed {attempt} times: {err}") from err
                 self.log.warning("Cart %s: download broke (%s); restarting (%d/%d)", cart_uid, err, attempt, attempts)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -55,7 +57,10 @@ class PacificaDownloadOperator(BaseOperator):
     this operator decides what follows each outcome: wait, stage again, retry, or fail.
 
     Returns (XCom) a manifest: ``{"destination", "cart_uid", "file_count", "total_bytes",
-    "files": [{"id", "path", "size", "hashtype", "hashsum"}], "event"}``.
+    "files": [{"id", "path", "size", "hashtype", "hashsum"}], "event"}``. Above
+    ``manifest_max_files`` files the list is written beside the files instead, as JSON in
+    ``<destination>/.pacifica-files-<cart uid>.json``, and the manifest holds its path in
+    ``"files_path"`` (``batching.manifest_files`` reads either form).
 
     :param destination: the directory to publish into (templated).
     :param cloudevent: a Pacifica ingest CloudEvent, dict or JSON string (templated).
@@ -81,6 +86,8 @@ class PacificaDownloadOperator(BaseOperator):
         a rename (slower, most with many small files).
     :param skip_if_present: when every file is already in ``destination`` with the right size and
         hash (a retry after a successful download), return the manifest without downloading.
+    :param manifest_max_files: the most files listed in the XCom manifest itself (default 1000,
+        about 200 KB); a bigger list goes to a file.
     :param diagnose_max_files: when Cartd fails a cart of at most this many files for good (a
         hash mismatch, not an archive fault), stage each file alone to name the ones that failed;
         0 turns this off. Probing polls from the worker, so the default is 16 without deferral and
@@ -115,6 +122,7 @@ class PacificaDownloadOperator(BaseOperator):
         download_attempts: int = 3,
         progress_interval: float = 5.0,
         diagnose_max_files: int | None = None,
+        manifest_max_files: int = 1000,
         max_resumes: int = 5,
         skip_if_present: bool = True,
         durable: bool = False,
@@ -151,6 +159,7 @@ class PacificaDownloadOperator(BaseOperator):
         self.diagnose_max_files = (
             diagnose_max_files if diagnose_max_files is not None else 0 if deferrable else DIAGNOSE_MAX_FILES
         )
+        self.manifest_max_files = manifest_max_files
         self.max_resumes = max_resumes
         self.skip_if_present = skip_if_present
         self.durable = durable
@@ -299,6 +308,12 @@ class PacificaDownloadOperator(BaseOperator):
             timeout=timedelta(seconds=self.timeout),
         )
 
+    def on_kill(self) -> None:
+        """Stop a running download (the task was killed or timed out): its stream is closed, its
+        staging removed, nothing published; the cart stays for a retry."""
+        if "hook" in self.__dict__:  # made when an execution began
+            self.hook.cancel()
+
     # -- outcomes -------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -363,14 +378,22 @@ class PacificaDownloadOperator(BaseOperator):
     def _manifest(
         self, cart_uid: str, extracted: Sequence[ExtractedFile], event_summary: dict[str, Any] | None
     ) -> dict[str, Any]:
-        return {
-            "destination": str(Path(self.destination).absolute()),
+        destination = Path(self.destination).absolute()
+        manifest: dict[str, Any] = {
+            "destination": str(destination),
             "cart_uid": cart_uid,
             "file_count": len(extracted),
             "total_bytes": sum(f.size for f in extracted),
             "files": [f.to_dict() for f in extracted],
             "event": event_summary,
         }
+        if len(extracted) > self.manifest_max_files:  # XComs live in Airflow's database: keep them small
+            path = destination / f".pacifica-files-{_original_uid(cart_uid)}.json"
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(json.dumps(manifest.pop("files")))
+            os.replace(partial, path)  # whole or not at all
+            manifest["files_path"] = str(path)
+        return manifest
 
 
 def _original_uid(cart_uid: str) -> str:

@@ -382,3 +382,77 @@ def test_the_connection_form_refuses_a_zero_timeout_like_the_hook(field):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(0, schema)
     jsonschema.validate(0.5, schema)
+
+
+# -- operator conveniences (issue 14, point 5) --------------------------------------------------------
+
+
+def test_on_kill_stops_the_download_cleans_its_staging_and_does_not_restart(http_server, cartd_conn, tmp_path):
+    import threading
+    import time
+
+    cartd_conn()
+    tar = build_tar()
+    started = threading.Event()
+
+    def slow_body():
+        yield tar[:4096]
+        started.set()
+        for offset in range(4096, len(tar), 512):
+            time.sleep(0.05)
+            yield tar[offset : offset + 512]
+
+    def handler(request):
+        if request.method == "HEAD":
+            return cartd_head("ready")
+        if request.method == "GET":
+            return Reply(200, {}, slow_body(), chunked=True)
+        return Reply(200)
+
+    http_server.handler = handler
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path / "dest"), files=[f.to_dict() for f in cart_files()], download_attempts=3
+    )
+    outcome: list[BaseException] = []
+
+    def run():
+        try:
+            op.execute(make_context())
+        except BaseException as err:  # collected and asserted below
+            outcome.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(10)
+    op.on_kill()
+    thread.join(20)
+    assert not thread.is_alive()
+    assert len(outcome) == 1
+    assert "cancelled" in str(outcome[0])
+    assert not isinstance(outcome[0], AirflowFailException)  # the cart stays for a retry
+    assert list(tmp_path.iterdir()) == []  # no destination, no staging
+    assert [r.method for r in http_server.requests].count("GET") == 1  # no restart after the kill
+    assert "DELETE" not in [r.method for r in http_server.requests]
+
+
+def test_a_big_file_list_is_written_beside_the_files_and_the_xcom_stays_small(http_server, cartd_conn, tmp_path):
+    import json
+
+    from airflow_provider_pacifica.batching import manifest_files
+
+    cartd_conn()
+    serve_cart(http_server, build_tar())
+    op = PacificaDownloadOperator(
+        task_id="d", destination=str(tmp_path / "dest"), files=[f.to_dict() for f in cart_files()], manifest_max_files=2
+    )
+    manifest = op.execute(make_context())
+    assert "files" not in manifest
+    assert manifest["file_count"] == len(cart_files())
+    assert len(json.dumps(manifest)) < 1000
+    listed = manifest_files(manifest)
+    assert [entry["path"] for entry in listed] == [f.path for f in cart_files()]
+    assert manifest["files_path"].startswith(str(tmp_path / "dest" / ".pacifica-files-"))
+    small = PacificaDownloadOperator(
+        task_id="e", destination=str(tmp_path / "dest2"), files=[f.to_dict() for f in cart_files()]
+    ).execute(make_context("e"))
+    assert manifest_files(small) == small["files"]
