@@ -83,7 +83,13 @@ def get_provider_info() -> dict[str, Any]:
                 "plugin-class": "airflow_provider_pacifica.plugins.webhook.PacificaWebhookPlugin",
             }
         ],
-        "asset-uris": [{"schemes": ["pacifica"], "handler": "airflow_provider_pacifica.assets.sanitize_uri"}],
+        "asset-uris": [
+            {
+                "schemes": ["pacifica"],
+                "handler": "airflow_provider_pacifica.assets.sanitize_uri",
+                "to_openlineage_converter": "airflow_provider_pacifica.openlineage.convert_asset_to_openlineage",
+            }
+        ],
         "config": {
             "pacifica": {
                 "description": "The Pacifica Notifications webhook mounted on the api-server at /pacifica/events.",

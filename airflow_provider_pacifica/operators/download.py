@@ -39,6 +39,7 @@ from airflow_provider_pacifica.triggers.cartd import CartReadyTrigger
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 DIAGNOSE_MAX_FILES = 16  # the default of diagnose_max_files when the wait is not deferred
@@ -164,6 +165,7 @@ class PacificaDownloadOperator(BaseOperator):
         self.skip_if_present = skip_if_present
         self.durable = durable
         self._requested: tuple[list[CartFile], dict[str, Any] | None] | None = None
+        self._published: tuple[dict[str, Any], list[dict[str, Any]]] | None = None  # for OpenLineage
 
     @cached_property
     def hook(self) -> PacificaCartdHook:
@@ -308,6 +310,16 @@ class PacificaDownloadOperator(BaseOperator):
             timeout=timedelta(seconds=self.timeout),
         )
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+        """Lineage of the finished download: the Pacifica transaction (or cart) read, the destination
+        written, with its file count, bytes and checksums (see :mod:`airflow_provider_pacifica.openlineage`)."""
+        if self._published is None:
+            return None
+        from airflow_provider_pacifica.openlineage import download_lineage
+
+        manifest, files = self._published
+        return download_lineage(manifest, self.hook.config.base_url, files)
+
     def on_kill(self) -> None:
         """Stop a running download (the task was killed or timed out): its stream is closed, its
         staging removed, nothing published; the cart stays for a retry."""
@@ -379,14 +391,16 @@ class PacificaDownloadOperator(BaseOperator):
         self, cart_uid: str, extracted: Sequence[ExtractedFile], event_summary: dict[str, Any] | None
     ) -> dict[str, Any]:
         destination = Path(self.destination).absolute()
+        files = [f.to_dict() for f in extracted]
         manifest: dict[str, Any] = {
             "destination": str(destination),
             "cart_uid": cart_uid,
             "file_count": len(extracted),
             "total_bytes": sum(f.size for f in extracted),
-            "files": [f.to_dict() for f in extracted],
+            "files": files,
             "event": event_summary,
         }
+        self._published = (dict(manifest), files)
         if len(extracted) > self.manifest_max_files:  # XComs live in Airflow's database: keep them small
             path = destination / f".pacifica-files-{_original_uid(cart_uid)}.json"
             partial = path.with_name(path.name + ".partial")
