@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_provider_pacifica import __version__
+
 INTEGRATION = "Pacifica Cartd"
 
 
@@ -59,6 +61,7 @@ def get_provider_info() -> dict[str, Any]:
     """Describe the provider's hooks, triggers, sensors, operators and connection type."""
     return {
         "package-name": "airflow-provider-pacifica",
+        "versions": [__version__],
         "name": "Pacifica",
         "description": "Download Pacifica data through Cartd carts: deferrable waits, verified atomic downloads.",
         "integrations": [
