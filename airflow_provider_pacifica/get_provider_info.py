@@ -80,12 +80,9 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_pacifica.operators.download"],
             }
         ],
-        "plugins": [
-            {
-                "name": "pacifica_webhook",
-                "plugin-class": "airflow_provider_pacifica.plugins.webhook.PacificaWebhookPlugin",
-            }
-        ],
+        # No "plugins" here: the webhook plugin is registered once, by the "airflow.plugins" entry point
+        # (pyproject.toml), which Airflow 3.3 always loads; provider-info plugins are loaded only with
+        # [core] lazy_discover_providers = False, and a second copy is then an import error.
         "asset-uris": [
             {
                 "schemes": ["pacifica"],
@@ -97,19 +94,39 @@ def get_provider_info() -> dict[str, Any]:
             "pacifica": {
                 "description": "The Pacifica Notifications webhook mounted on the api-server at /pacifica/events.",
                 "options": {
+                    "webhook_enabled": _option(
+                        "Mount the webhook (POST /pacifica/events) on the api-server. When false the plugin "
+                        "mounts nothing and the path answers 404.",
+                        "True",
+                        "boolean",
+                    ),
                     "webhook_conn_id": _option(
                         "Connection holding the webhook's credentials: login/password for basic auth and/or "
                         "extra 'token' for a bearer token. Without them every event is refused.",
                         "pacifica_webhook_default",
                     ),
+                    "webhook_credentials_cache_seconds": _option(
+                        "Seconds the webhook keeps the connection's credentials before looking them up again "
+                        "(one secrets-backend call per period, not per request); a changed password takes effect "
+                        "within this time. 0 looks them up on every request.",
+                        "30",
+                        "float",
+                    ),
                     "webhook_asset_uri": _option(
-                        "Asset on which received ingest events are recorded (a ?asset= query overrides it).",
+                        "Asset on which received ingest events are recorded, unless webhook_asset_by_source maps "
+                        "the event's source or a ?asset= query chooses another configured ingest asset.",
                         "pacifica://metadata/ingest",
                     ),
                     "webhook_asset_by_source": _option(
                         "JSON object mapping a CloudEvent source (one Pacifica deployment) to the asset URI its "
                         'events are recorded on, e.g. {"/pacifica/metadata/ingest": "pacifica://site-a/ingest"}; '
                         "other sources use webhook_asset_uri.",
+                        "",
+                    ),
+                    "webhook_allowed_assets": _option(
+                        "Further asset URIs (comma or space separated) that a subscription's ?asset= may choose. "
+                        "?asset= may name only these, webhook_asset_uri and the values of "
+                        "webhook_asset_by_source; any other asset is refused with 400.",
                         "",
                     ),
                     "webhook_max_body_bytes": _option(

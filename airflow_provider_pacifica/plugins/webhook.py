@@ -3,19 +3,26 @@
 Pacifica Notifications POSTs each matching CloudEvent (spec 0.1 JSON) to a subscription's
 ``target_url`` with basic auth or an ``Authorization: <type> <credentials>`` header, without a
 timeout or a retry, and disables the subscription for good on any 4xx/5xx or connection error.
-This plugin mounts ``POST /pacifica/events`` on the api-server:
+This plugin mounts ``POST /pacifica/events`` on the api-server (unless ``[pacifica]
+webhook_enabled`` is false):
 
 * the sender is authenticated against an Airflow connection (``[pacifica] webhook_conn_id``,
   default ``pacifica_webhook_default``): its login/password for basic auth and/or its extra
-  ``token`` for ``Authorization: Bearer``. Without credentials configured, everything is refused;
+  ``token`` for ``Authorization: Bearer``. Without credentials configured, everything is refused.
+  The connection is looked up once per ``[pacifica] webhook_credentials_cache_seconds`` (30 s),
+  not on every request;
 * CloudEvents 0.1 JSON (as Pacifica sends it), 1.0 structured JSON and 1.0 binary mode are
-  accepted, up to ``[pacifica] webhook_max_body_bytes``; the event is validated with the
-  provider's parser;
+  accepted, up to ``[pacifica] webhook_max_body_bytes``. The JSON is parsed strictly and bounded
+  (:func:`strict_json`: nesting depth, number length, no duplicate keys, valid UTF-8) and validated
+  with the provider's parser in a worker thread, so a pathological body is a 400, never a 500 and
+  never a blocked event loop;
 * an asset event is recorded on the asset for the event's ``source`` (``[pacifica]
-  webhook_asset_by_source``, else ``webhook_asset_uri``, default ``pacifica://metadata/ingest``;
-  an ``asset`` query parameter overrides both) with the compacted CloudEvent in
+  webhook_asset_by_source``, else ``webhook_asset_uri``, default ``pacifica://metadata/ingest``).
+  An ``asset`` query parameter may choose another one only among the configured ingest assets
+  (those two options plus ``[pacifica] webhook_allowed_assets``). The compacted CloudEvent goes in
   ``extra["cloudevent"]``, and 201 is answered only after the database commit;
-* a redelivered event (same event id) records nothing and answers 200.
+* a redelivered event (same event id and source on the same asset) records nothing and answers
+  200, however many events came in between (:func:`record_event`).
 """
 
 from __future__ import annotations
@@ -25,8 +32,14 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
+import math
+import re
 import threading
+import time
+from itertools import accumulate
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
@@ -34,29 +47,35 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_pacifica.assets import INGEST_ASSET_URI
-from airflow_provider_pacifica.cloudevents import (
-    CloudEventError,
-    cloudevent_from_http,
-    compact_cloudevent,
-    parse_cloudevent,
-)
+from airflow_provider_pacifica.assets import INGEST_ASSET_URI, sanitize_uri
+from airflow_provider_pacifica.cloudevents import CloudEventError, compact_cloudevent, parse_cloudevent
+
+log = logging.getLogger(__name__)
 
 STRUCTURED_TYPES = ("application/json", "application/cloudevents+json")
-DEDUPE_WINDOW = 10_000  # recent asset events searched for a redelivered event id
+MAX_JSON_DEPTH = 32  # a Pacifica ingest event nests 3 levels; extensions may add a few
+MAX_NUMBER_CHARS = 64  # a file size or id has at most 20 digits
+CREDENTIALS_CACHE_SECONDS = 30.0  # default of [pacifica] webhook_credentials_cache_seconds
 _RECORD_LOCK = threading.Lock()  # one check-then-insert at a time within this api-server process
+
+Credentials = tuple[str | None, str | None, str | None]  # (login, password, token)
 
 
 def _error(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"status": "refused", "reason": reason}, status_code=status)
 
 
-def _credentials() -> tuple[str | None, str | None, str | None] | None:
+# -- credentials -------------------------------------------------------------------------------
+
+_credentials_lock = threading.Lock()
+_credentials_cache: dict[str, tuple[float, Credentials | None]] = {}  # conn id -> (expiry, value)
+
+
+def _lookup_credentials(conn_id: str) -> Credentials | None:
     """(login, password, token) from the webhook connection, or None when none is configured."""
     from airflow.exceptions import AirflowNotFoundException
     from airflow.models.connection import Connection
 
-    conn_id = conf.get("pacifica", "webhook_conn_id", fallback="pacifica_webhook_default")
     try:
         conn = Connection.get_connection_from_secrets(conn_id)
     except AirflowNotFoundException:
@@ -68,7 +87,32 @@ def _credentials() -> tuple[str | None, str | None, str | None] | None:
     return login, password, token
 
 
-def authenticate(authorization: str | None, configured: tuple[str | None, str | None, str | None]) -> bool:
+def _credentials() -> Credentials | None:
+    """The webhook's credentials, looked up at most once per ``webhook_credentials_cache_seconds``.
+
+    A changed password (or a connection created after the first refusal) takes effect once the
+    cached value expires. A failed lookup (secrets backend down) is not cached.
+    """
+    conn_id = conf.get("pacifica", "webhook_conn_id", fallback="pacifica_webhook_default")
+    ttl = conf.getfloat("pacifica", "webhook_credentials_cache_seconds", fallback=CREDENTIALS_CACHE_SECONDS)
+    with _credentials_lock:  # concurrent first requests share one lookup
+        now = time.monotonic()
+        cached = _credentials_cache.get(conn_id)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        value = _lookup_credentials(conn_id)
+        if ttl > 0:
+            _credentials_cache[conn_id] = (now + ttl, value)
+        return value
+
+
+def clear_credentials_cache() -> None:
+    """Forget the cached credentials: the next request looks the connection up again."""
+    with _credentials_lock:
+        _credentials_cache.clear()
+
+
+def authenticate(authorization: str | None, configured: Credentials) -> bool:
     """Check an Authorization header against the configured credentials, in constant time."""
     login, password, token = configured
     if not authorization or " " not in authorization:
@@ -88,30 +132,194 @@ def authenticate(authorization: str | None, configured: tuple[str | None, str | 
     return False
 
 
+# -- strict, bounded JSON ----------------------------------------------------------------------
+
+# A string literal, or an unterminated one up to the end: each match ends where the next scan
+# starts, so stripping strings is linear even for a body of unmatched quotes and backslashes.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+class _Refused(ValueError):
+    """A JSON value the webhook does not accept (raised from the decoder hooks)."""
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays/objects in JSON text, found without parsing it (linear, in C).
+
+    String literals are removed first, so brackets inside strings do not count. For valid JSON
+    this is exact. For invalid JSON it counts at least every bracket the parser meets before it
+    fails (brackets after an unterminated string are not counted: the parser stops there).
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"has the key {key[:80]!r} twice in one object")
+            seen.add(key)
+    return result
+
+
+def _integer(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _Refused(f"has a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text) if len(text) <= MAX_NUMBER_CHARS else math.inf
+    if not math.isfinite(value):
+        raise _Refused(f"has a number out of range: {text[:40]}")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise _Refused(f"has {name}, which is not JSON")
+
+
+def _check_strings(value: Any, what: str) -> None:
+    """Refuse strings a database cannot store: lone surrogates (``\\ud800``) and NUL (``\\u0000``)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise CloudEventError(f"{what} has a NUL character in a string")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CloudEventError(f"{what} has a lone UTF-16 surrogate in a string") from None
+
+
+def strict_json(raw: bytes | str, what: str) -> Any:
+    """Parse untrusted JSON with bounds: UTF-8, at most ``MAX_JSON_DEPTH`` levels, numbers of at
+    most ``MAX_NUMBER_CHARS`` characters and finite, no NaN/Infinity, no duplicate keys, no lone
+    surrogates or NUL in strings.
+
+    :raises CloudEventError: with the reason, for a 400 answer.
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CloudEventError(f"{what} is not UTF-8: {err}") from None
+    depth = json_depth(raw)  # before the (recursive) parser sees it
+    if depth > MAX_JSON_DEPTH:
+        raise CloudEventError(f"{what} is nested {depth} levels deep (at most {MAX_JSON_DEPTH})")
+    try:
+        value = json.loads(
+            raw, object_pairs_hook=_object, parse_int=_integer, parse_float=_float, parse_constant=_constant
+        )
+    except _Refused as err:
+        raise CloudEventError(f"{what} {err}") from None
+    except json.JSONDecodeError as err:
+        raise CloudEventError(f"{what} is not valid JSON: {err}") from None
+    except (RecursionError, ValueError) as err:  # not expected after the checks above; still a 400
+        raise CloudEventError(f"{what} cannot be parsed: {type(err).__name__}: {str(err)[:200]}") from None
+    _check_strings(value, what)
+    return value
+
+
+# -- the event -----------------------------------------------------------------------------------
+
+
+def prepare_event(content_type: str, headers: dict[str, str], body: bytes) -> tuple[str | None, dict[str, Any]]:
+    """Parse and validate a request body: (source, asset-event extra). Run in a worker thread.
+
+    :raises CloudEventError: not a valid Pacifica ingest event (the message says why).
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    if "ce-specversion" in lowered:  # CloudEvents 1.0 binary mode: attributes in headers, body = data
+        envelope: dict[str, Any] = {
+            name[3:]: value for name, value in lowered.items() if name.startswith("ce-") and len(name) > 3
+        }
+        envelope["datacontenttype"] = content_type
+        envelope["data"] = strict_json(body, "CloudEvent data")
+        _check_strings(envelope, "CloudEvent")
+    else:
+        envelope = strict_json(body, "CloudEvent")
+        if not isinstance(envelope, dict):
+            raise CloudEventError(f"CloudEvent must be a JSON object, got {type(envelope).__name__}")
+    event = envelope
+    if isinstance(envelope.get("data"), str):  # data sent as a JSON string: bounded the same way
+        event = {**envelope, "data": strict_json(envelope["data"], "CloudEvent 'data'")}
+    parsed = parse_cloudevent(event)
+    # Events without an id (a bare {"data": [...]}) are identified by their content.
+    event_id = parsed.id or "sha256:" + hashlib.sha256(json.dumps(envelope, sort_keys=True).encode()).hexdigest()
+    extra = {
+        "cloudevent_id": event_id,
+        "source": parsed.source,
+        "summary": parsed.summary(),
+        "cloudevent": compact_cloudevent(event),
+    }
+    return parsed.source, extra
+
+
+def _prepare_or_refuse(content_type: str, headers: dict[str, str], body: bytes) -> tuple[str | None, dict] | str:
+    """:func:`prepare_event`, or the reason for a 400: nothing in a body may cause a 500."""
+    try:
+        return prepare_event(content_type, headers, body)
+    except CloudEventError as err:
+        return str(err)
+    except Exception as err:  # a validation bug must not disable the subscription either
+        log.exception("Unexpected error while validating a Pacifica event")
+        return f"the event cannot be validated: {type(err).__name__}: {str(err)[:200]}"
+
+
 def record_event(asset_uri: str, event_id: str, extra: dict[str, Any]) -> tuple[str, int | None]:
-    """Record an asset event unless one with this event id exists; ("recorded"|"duplicate"|"no-asset", id)."""
+    """Record an asset event unless one with this event id exists; ("recorded"|"duplicate"|"no-asset", id).
+
+    **Dedupe.** One SQL query, run by the database, finds an earlier event of the same asset with
+    the same ``extra["cloudevent_id"]`` and ``extra["source"]`` (CloudEvents ids are unique per
+    source): ``WHERE asset_id = :asset AND extra->>'cloudevent_id' = :id AND extra->>'source' =
+    :source LIMIT 1`` (``JSON_EXTRACT`` on SQLite/MySQL). It returns at most one row, so nothing
+    but an id crosses to Python, and there is no window: a redelivery after any number of events
+    is found. The database reads the rows of that asset (``idx_asset_id_timestamp`` selects them)
+    and extracts two keys from each row's extra: linear in the asset's events, in the database.
+
+    **Concurrency.** The asset's ``asset`` row is locked ``FOR UPDATE`` first and held until the
+    commit, so on PostgreSQL and MySQL every check-then-insert for one asset runs one at a time
+    across all api-server processes and hosts; in READ COMMITTED (PostgreSQL's default) the
+    dedupe query, a new statement after the lock is granted, sees the row the previous holder
+    committed (on MySQL's REPEATABLE READ too: the snapshot is taken by the first plain read,
+    which comes after the lock). Two concurrent deliveries of one event therefore record it once.
+    SQLite ignores ``FOR UPDATE``; there the process-wide lock gives the same guarantee within one
+    api-server process only (SQLite is not for multi-process deployments).
+    """
     from airflow.assets.manager import asset_manager
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with _RECORD_LOCK, create_session() as session:
-        # FOR UPDATE (PostgreSQL, MySQL) holds the asset's row until the commit, so api-server
-        # processes on other hosts check-then-insert one at a time as the lock above does within one.
         asset = session.scalar(select(AssetModel).where(AssetModel.uri == asset_uri).limit(1).with_for_update())
         if asset is None:
             return "no-asset", None
-        recent = session.execute(
-            select(AssetEvent.id, AssetEvent.extra)
-            .where(AssetEvent.asset_id == asset.id)
-            .order_by(AssetEvent.id.desc())
-            .limit(DEDUPE_WINDOW)
+        source = AssetEvent.extra["source"].as_string()
+        duplicate = session.scalar(
+            select(AssetEvent.id)
+            .where(
+                AssetEvent.asset_id == asset.id,
+                AssetEvent.extra["cloudevent_id"].as_string() == event_id,
+                source.is_(None) if extra.get("source") is None else source == extra["source"],
+            )
+            .order_by(AssetEvent.id)
+            .limit(1)
         )
-        for row_id, row_extra in recent:
-            # CloudEvents ids are unique per source: two Pacifica deployments may both send id "1".
-            same = isinstance(row_extra, dict) and row_extra.get("cloudevent_id") == event_id
-            if same and row_extra.get("source") == extra.get("source"):
-                return "duplicate", row_id
+        if duplicate is not None:
+            return "duplicate", duplicate
         recorded = asset_manager.register_asset_change(asset=asset, extra=extra, session=session)
         if recorded is None:
             return "no-asset", None
@@ -120,16 +328,65 @@ def record_event(asset_uri: str, event_id: str, extra: dict[str, Any]) -> tuple[
     # create_session commits on leaving the block: the answer is sent after the commit.
 
 
-def asset_for_source(source: str | None) -> str:
-    """The asset an event is recorded on: ``[pacifica] webhook_asset_by_source`` maps an event's
-    ``source`` (one Pacifica deployment) to an asset URI; other sources use ``webhook_asset_uri``."""
-    default = conf.get("pacifica", "webhook_asset_uri", fallback=INGEST_ASSET_URI)
+# -- assets ----------------------------------------------------------------------------------------
+
+
+def normalise_asset_uri(uri: str) -> str:
+    """A ``pacifica://`` URI as Airflow stores it (lower-case service, no duplicate or trailing
+    ``/``); other URIs unchanged. :raises ValueError: a malformed ``pacifica://`` URI."""
+    parts = urlsplit(uri.strip())
+    return sanitize_uri(parts).geturl() if parts.scheme == "pacifica" else uri.strip()
+
+
+def _asset_config() -> tuple[str, dict[str, str], list[str]]:
+    """(default asset, {source: asset}, every asset ``?asset=`` may choose), all normalised.
+
+    :raises ValueError: a malformed option (reported as a 503: a misconfiguration).
+    """
+    default = normalise_asset_uri(conf.get("pacifica", "webhook_asset_uri", fallback=INGEST_ASSET_URI))
     mapping_text = conf.get("pacifica", "webhook_asset_by_source", fallback="") or "{}"
     try:
         mapping = json.loads(mapping_text)
     except json.JSONDecodeError:
-        raise ValueError("[pacifica] webhook_asset_by_source must be a JSON object {source: asset URI}") from None
-    return str(mapping.get(source, default)) if isinstance(mapping, dict) else default
+        mapping = None
+    if not isinstance(mapping, dict):
+        raise ValueError("[pacifica] webhook_asset_by_source must be a JSON object {source: asset URI}")
+    by_source = {str(source): normalise_asset_uri(str(uri)) for source, uri in mapping.items()}
+    extra_text = conf.get("pacifica", "webhook_allowed_assets", fallback="") or ""
+    extra = [normalise_asset_uri(uri) for uri in re.split(r"[\s,]+", extra_text) if uri]
+    allowed = list(dict.fromkeys([default, *by_source.values(), *extra]))
+    return default, by_source, allowed
+
+
+def asset_for_source(source: str | None) -> str:
+    """The asset an event is recorded on: ``[pacifica] webhook_asset_by_source`` maps an event's
+    ``source`` (one Pacifica deployment) to an asset URI; other sources use ``webhook_asset_uri``."""
+    default, by_source, _ = _asset_config()
+    return by_source.get(source, default) if source is not None else default
+
+
+def allowed_assets() -> list[str]:
+    """The assets a ``?asset=`` query may choose: ``webhook_asset_uri``, the values of
+    ``webhook_asset_by_source`` and ``webhook_allowed_assets``."""
+    return _asset_config()[2]
+
+
+def _chosen_asset(requested: str) -> str:
+    """The configured asset ``?asset=`` names. :raises LookupError: not one of them (a 400)."""
+    allowed = allowed_assets()
+    try:
+        uri = normalise_asset_uri(requested)
+    except ValueError:
+        uri = requested
+    if uri not in allowed:
+        raise LookupError(
+            f"asset {requested[:200]!r} is not an ingest asset of this webhook; ?asset= may choose "
+            f"{', '.join(allowed)} ([pacifica] webhook_asset_uri, webhook_asset_by_source, webhook_allowed_assets)"
+        )
+    return uri
+
+
+# -- the app ------------------------------------------------------------------------------------
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -153,7 +410,11 @@ def create_app() -> FastAPI:
 
     @app.post("/events", status_code=201)
     async def receive_event(request: Request, asset: str | None = None) -> JSONResponse:
-        configured = await run_in_threadpool(_credentials)
+        try:
+            configured = await run_in_threadpool(_credentials)
+        except Exception:  # the secrets backend is down: say so, without details
+            log.exception("Looking up the Pacifica webhook credentials failed")
+            return _error(503, "the webhook credentials cannot be looked up")
         if configured is None:
             return _error(503, "the webhook has no credentials configured; it refuses every event")
         if not authenticate(request.headers.get("authorization"), configured):
@@ -162,6 +423,12 @@ def create_app() -> FastAPI:
                 status_code=401,
                 headers={"WWW-Authenticate": 'Basic realm="pacifica"'},
             )
+        try:
+            chosen = _chosen_asset(asset) if asset is not None else None
+        except LookupError as err:
+            return _error(400, str(err.args[0]))
+        except ValueError as err:  # a misconfiguration, reported as such
+            return _error(503, str(err))
         limit = conf.getint("pacifica", "webhook_max_body_bytes", fallback=4 * 1024 * 1024)
         body = await _read_body(request, limit)
         if body is None:
@@ -170,26 +437,18 @@ def create_app() -> FastAPI:
         binary_mode = "ce-specversion" in request.headers
         if content_type not in STRUCTURED_TYPES and not (binary_mode and content_type.endswith("json")):
             return _error(415, f"expected application/json or application/cloudevents+json, got {content_type!r}")
-        try:
-            cloudevent = cloudevent_from_http(content_type, dict(request.headers), body)
-            parsed = parse_cloudevent(cloudevent)
-        except CloudEventError as err:
-            return _error(400, str(err))
+        prepared = await run_in_threadpool(_prepare_or_refuse, content_type, dict(request.headers), body)
+        if isinstance(prepared, str):
+            return _error(400, prepared)
+        source, extra = prepared
 
         try:
-            asset_uri = asset or asset_for_source(parsed.source)
+            asset_uri = chosen or asset_for_source(source)
         except ValueError as err:  # a misconfiguration, reported as such
             return _error(503, str(err))
         if not asset_uri.startswith("pacifica://"):
             return _error(400, f"asset must be a pacifica:// URI, got {asset_uri!r}")
-        # Events without an id (a bare {"data": [...]}) are identified by their content.
-        event_id = parsed.id or "sha256:" + hashlib.sha256(json.dumps(cloudevent, sort_keys=True).encode()).hexdigest()
-        extra = {
-            "cloudevent_id": event_id,
-            "source": parsed.source,
-            "summary": parsed.summary(),
-            "cloudevent": compact_cloudevent(cloudevent),
-        }
+        event_id = extra["cloudevent_id"]
         outcome, asset_event_id = await run_in_threadpool(record_event, asset_uri, event_id, extra)
         if outcome == "no-asset":
             return _error(503, f"no asset {asset_uri!r} in Airflow yet: no DAG is scheduled on it")
@@ -199,8 +458,30 @@ def create_app() -> FastAPI:
     return app
 
 
+def webhook_enabled() -> bool:
+    """``[pacifica] webhook_enabled`` (default true): whether the plugin mounts the app."""
+    return conf.getboolean("pacifica", "webhook_enabled", fallback=True)
+
+
+def _fastapi_apps() -> list[dict[str, Any]]:
+    if not webhook_enabled():
+        return []
+    return [{"app": create_app(), "url_prefix": "/pacifica", "name": "Pacifica Notifications webhook"}]
+
+
 class PacificaWebhookPlugin(AirflowPlugin):
-    """Mounts the Pacifica Notifications webhook at ``/pacifica`` on the Airflow api-server."""
+    """Mounts the Pacifica Notifications webhook at ``/pacifica`` on the Airflow api-server.
+
+    Registered once, through the ``airflow.plugins`` entry point: Airflow 3.3 loads that group on
+    every start, while provider-info ``plugins`` are loaded only with ``[core]
+    lazy_discover_providers = False`` (and, listed in both, the second copy is skipped with an
+    import error). With ``[pacifica] webhook_enabled = False`` nothing is mounted.
+    """
 
     name = "pacifica_webhook"
-    fastapi_apps = [{"app": create_app(), "url_prefix": "/pacifica", "name": "Pacifica Notifications webhook"}]
+    fastapi_apps = _fastapi_apps()
+
+    @classmethod
+    def on_load(cls, *args: Any, **kwargs: Any) -> None:
+        """Re-read ``[pacifica] webhook_enabled`` when Airflow loads the plugin."""
+        cls.fastapi_apps = _fastapi_apps()
