@@ -30,6 +30,10 @@ COMPONENTS = {
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
 
+# The simple auth manager's user and the password start_airflow writes to its passwords file.
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "admin-pw"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -57,6 +61,8 @@ class AirflowStack:
     def log_tail(self, lines: int = 40) -> str:
         out = []
         for name in COMPONENTS:
+            if not (self.home / f"{name}.log").exists():  # a component this stack did not start
+                continue
             text = (self.home / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- {name}\n" + "\n".join(text))
         return "\n".join(out)
@@ -74,7 +80,13 @@ class AirflowStack:
             process.wait(timeout=10)
 
 
-def start_airflow(home: Path, extra_env: dict[str, str], ready_timeout: float = 120.0) -> AirflowStack:
+def start_airflow(
+    home: Path,
+    extra_env: dict[str, str],
+    ready_timeout: float = 120.0,
+    components: tuple[str, ...] = tuple(COMPONENTS),
+) -> AirflowStack:
+    """Start ``components`` (default: all four) and wait until each of them is healthy."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     (home / "passwords.json").write_text(json.dumps({"admin": "admin-pw"}))
@@ -101,7 +113,8 @@ def start_airflow(home: Path, extra_env: dict[str, str], ready_timeout: float = 
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     stack = AirflowStack(home=home, env=env, url=f"http://127.0.0.1:{port}")
     try:
-        for name, args in COMPONENTS.items():
+        for name in components:
+            args = COMPONENTS[name]
             with (home / f"{name}.log").open("wb") as log:
                 stack.processes[name] = subprocess.Popen(
                     [AIRFLOW, *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -130,7 +143,7 @@ def wait_until_healthy(stack: AirflowStack, timeout: float) -> None:
             if stack.token:
                 health = stack.get("/api/v2/monitor/health")
                 last = json.dumps(health)
-                parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                parts = ("metadatabase", *(n.replace("-", "_") for n in stack.processes if n != "api-server"))
                 if all((health.get(part) or {}).get("status") == "healthy" for part in parts):
                     return
         except requests.RequestException as err:

@@ -48,7 +48,7 @@ def test_the_wheel_holds_the_package_only_typed_and_versioned(dist):
     assert "airflow_provider_pacifica/py.typed" in names
     for url in ("Source", "Issues", "Changelog"):
         assert f"Project-URL: {url}, " in metadata
-    assert "apache-airflow-providers-http" not in metadata
+    assert "Requires-Dist: apache-airflow-providers-http" not in metadata
 
 
 def test_the_sdist_holds_the_tests_and_the_example_dags(dist):
