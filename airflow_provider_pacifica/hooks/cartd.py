@@ -471,6 +471,10 @@ class PacificaCartdHook(BaseHook):
                 if attempt == attempts:
                     raise CartdTransientError(f"cart {cart_uid}: download failed {attempt} times: {err}") from err
                 self.log.warning("Cart %s: download broke (%s); restarting (%d/%d)", cart_uid, err, attempt, attempts)
+            except CartdError as err:  # cancel() may close the stream while it is being opened
+                if self._cancelled.is_set():
+                    raise DownloadCancelledError(f"the download of cart {cart_uid} was cancelled") from err
+                raise
         raise InvalidInputError(f"download attempts must be at least 1, got {attempts}")
 
     def find_failed_files(
