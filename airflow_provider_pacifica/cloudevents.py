@@ -15,18 +15,17 @@ outside its cart directory and accepts an absolute one (see pacifica.md).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_pacifica.exceptions import InvalidInputError
+from airflow_provider_pacifica.exceptions import CloudEventError
 from airflow_provider_pacifica.paths import parent_directories, path_parts
+from airflow_provider_pacifica.strictjson import strict_json
 
-__all__ = [
+__all__ = [  # CloudEventError lives in exceptions (imported here too, as before)
     "CartFile",
-    "CloudEventError",
     "PacificaEvent",
     "cloudevent_from_http",
     "compact_cloudevent",
@@ -37,10 +36,6 @@ __all__ = [
 ]
 
 _HEX = re.compile(r"^[0-9a-f]+$")
-
-
-class CloudEventError(InvalidInputError):
-    """The event (or file list) cannot be downloaded; the message names the offending record."""
 
 
 @dataclass(frozen=True)
@@ -241,10 +236,7 @@ def _load_json(value: Any, what: str) -> Any:
         except UnicodeDecodeError as err:
             raise CloudEventError(f"{what} is not UTF-8: {err}") from None
     if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as err:
-            raise CloudEventError(f"{what} is not valid JSON: {err}") from None
+        return strict_json(value, what)  # bounded: input may come from anyone (the webhook)
     return value
 
 

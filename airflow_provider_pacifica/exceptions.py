@@ -15,6 +15,10 @@ class InvalidInputError(PacificaError, ValueError):
     """A CloudEvent, file list or connection setting that cannot be used as given."""
 
 
+class CloudEventError(InvalidInputError):
+    """The event (or file list) cannot be downloaded; the message names the offending record."""
+
+
 class CartdError(PacificaError):
     """Cartd answered in a way the client cannot continue from.
 

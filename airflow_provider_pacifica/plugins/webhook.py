@@ -13,9 +13,9 @@ webhook_enabled`` is false):
   not on every request;
 * CloudEvents 0.1 JSON (as Pacifica sends it), 1.0 structured JSON and 1.0 binary mode are
   accepted, up to ``[pacifica] webhook_max_body_bytes``. The JSON is parsed strictly and bounded
-  (:func:`strict_json`: nesting depth, number length, no duplicate keys, valid UTF-8) and validated
-  with the provider's parser in a worker thread, so a pathological body is a 400, never a 500 and
-  never a blocked event loop;
+  (:mod:`~airflow_provider_pacifica.strictjson`: nesting depth, number length, no duplicate keys,
+  valid UTF-8) and validated with the provider's parser in a worker thread, so a pathological
+  body is a 400, never a 500 and never a blocked event loop;
 * an asset event is recorded on the asset for the event's ``source`` (``[pacifica]
   webhook_asset_by_source``, else ``webhook_asset_uri``, default ``pacifica://metadata/ingest``).
   An ``asset`` query parameter may choose another one only among the configured ingest assets
@@ -33,11 +33,9 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import re
 import threading
 import time
-from itertools import accumulate
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,13 +46,19 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_pacifica.assets import INGEST_ASSET_URI, sanitize_uri
-from airflow_provider_pacifica.cloudevents import CloudEventError, compact_cloudevent, parse_cloudevent
+from airflow_provider_pacifica.cloudevents import (
+    CloudEventError,
+    cloudevent_from_http,
+    compact_cloudevent,
+    parse_cloudevent,
+)
+from airflow_provider_pacifica.strictjson import MAX_JSON_DEPTH, json_depth, strict_json
+
+__all__ = ["MAX_JSON_DEPTH", "PacificaWebhookPlugin", "create_app", "json_depth", "strict_json"]
 
 log = logging.getLogger(__name__)
 
 STRUCTURED_TYPES = ("application/json", "application/cloudevents+json")
-MAX_JSON_DEPTH = 32  # a Pacifica ingest event nests 3 levels; extensions may add a few
-MAX_NUMBER_CHARS = 64  # a file size or id has at most 20 digits
 CREDENTIALS_CACHE_SECONDS = 30.0  # default of [pacifica] webhook_credentials_cache_seconds
 _RECORD_LOCK = threading.Lock()  # one check-then-insert at a time within this api-server process
 
@@ -132,137 +136,26 @@ def authenticate(authorization: str | None, configured: Credentials) -> bool:
     return False
 
 
-# -- strict, bounded JSON ----------------------------------------------------------------------
-
-# A string literal, or an unterminated one up to the end: each match ends where the next scan
-# starts, so stripping strings is linear even for a body of unmatched quotes and backslashes.
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-
-
-class _Refused(ValueError):
-    """A JSON value the webhook does not accept (raised from the decoder hooks)."""
-
-
-def json_depth(text: str) -> int:
-    """The deepest nesting of arrays/objects in JSON text, found without parsing it (linear, in C).
-
-    String literals are removed first, so brackets inside strings do not count. For valid JSON
-    this is exact. For invalid JSON it counts at least every bracket the parser meets before it
-    fails (brackets after an unterminated string are not counted: the parser stops there).
-    """
-    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
-    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _Refused(f"has the key {key[:80]!r} twice in one object")
-            seen.add(key)
-    return result
-
-
-def _integer(text: str) -> int:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise _Refused(f"has a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
-    return int(text)
-
-
-def _float(text: str) -> float:
-    value = float(text) if len(text) <= MAX_NUMBER_CHARS else math.inf
-    if not math.isfinite(value):
-        raise _Refused(f"has a number out of range: {text[:40]}")
-    return value
-
-
-def _constant(name: str) -> Any:
-    raise _Refused(f"has {name}, which is not JSON")
-
-
-def _check_strings(value: Any, what: str) -> None:
-    """Refuse strings a database cannot store: lone surrogates (``\\ud800``) and NUL (``\\u0000``)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            if "\x00" in item:
-                raise CloudEventError(f"{what} has a NUL character in a string")
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise CloudEventError(f"{what} has a lone UTF-16 surrogate in a string") from None
-
-
-def strict_json(raw: bytes | str, what: str) -> Any:
-    """Parse untrusted JSON with bounds: UTF-8, at most ``MAX_JSON_DEPTH`` levels, numbers of at
-    most ``MAX_NUMBER_CHARS`` characters and finite, no NaN/Infinity, no duplicate keys, no lone
-    surrogates or NUL in strings.
-
-    :raises CloudEventError: with the reason, for a 400 answer.
-    """
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise CloudEventError(f"{what} is not UTF-8: {err}") from None
-    depth = json_depth(raw)  # before the (recursive) parser sees it
-    if depth > MAX_JSON_DEPTH:
-        raise CloudEventError(f"{what} is nested {depth} levels deep (at most {MAX_JSON_DEPTH})")
-    try:
-        value = json.loads(
-            raw, object_pairs_hook=_object, parse_int=_integer, parse_float=_float, parse_constant=_constant
-        )
-    except _Refused as err:
-        raise CloudEventError(f"{what} {err}") from None
-    except json.JSONDecodeError as err:
-        raise CloudEventError(f"{what} is not valid JSON: {err}") from None
-    except (RecursionError, ValueError) as err:  # not expected after the checks above; still a 400
-        raise CloudEventError(f"{what} cannot be parsed: {type(err).__name__}: {str(err)[:200]}") from None
-    _check_strings(value, what)
-    return value
-
-
 # -- the event -----------------------------------------------------------------------------------
 
 
 def prepare_event(content_type: str, headers: dict[str, str], body: bytes) -> tuple[str | None, dict[str, Any]]:
     """Parse and validate a request body: (source, asset-event extra). Run in a worker thread.
 
+    The body is read by :func:`~airflow_provider_pacifica.cloudevents.cloudevent_from_http`, whose
+    JSON parsing is strict and bounded (:mod:`airflow_provider_pacifica.strictjson`).
+
     :raises CloudEventError: not a valid Pacifica ingest event (the message says why).
     """
-    lowered = {name.lower(): value for name, value in headers.items()}
-    if "ce-specversion" in lowered:  # CloudEvents 1.0 binary mode: attributes in headers, body = data
-        envelope: dict[str, Any] = {
-            name[3:]: value for name, value in lowered.items() if name.startswith("ce-") and len(name) > 3
-        }
-        envelope["datacontenttype"] = content_type
-        envelope["data"] = strict_json(body, "CloudEvent data")
-        _check_strings(envelope, "CloudEvent")
-    else:
-        envelope = strict_json(body, "CloudEvent")
-        if not isinstance(envelope, dict):
-            raise CloudEventError(f"CloudEvent must be a JSON object, got {type(envelope).__name__}")
-    event = envelope
-    if isinstance(envelope.get("data"), str):  # data sent as a JSON string: bounded the same way
-        event = {**envelope, "data": strict_json(envelope["data"], "CloudEvent 'data'")}
-    parsed = parse_cloudevent(event)
+    envelope = cloudevent_from_http(content_type, headers, body)
+    parsed = parse_cloudevent(envelope)
     # Events without an id (a bare {"data": [...]}) are identified by their content.
     event_id = parsed.id or "sha256:" + hashlib.sha256(json.dumps(envelope, sort_keys=True).encode()).hexdigest()
     extra = {
         "cloudevent_id": event_id,
         "source": parsed.source,
         "summary": parsed.summary(),
-        "cloudevent": compact_cloudevent(event),
+        "cloudevent": compact_cloudevent(envelope),
     }
     return parsed.source, extra
 
