@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import queue
@@ -57,6 +58,8 @@ _MEMBER_KINDS = {
     tarfile.GNUTYPE_SPARSE: "sparse file",
 }
 _PLAIN_FILE_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE}
+# a new file only (O_EXCL: two members that normalise to one path fail), never through a link
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,7 @@ def verify_published(files: Sequence[CartFile], destination: str | os.PathLike[s
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
     for file, target in targets:
-        digest = hashlib.new(file.hashtype)
+        digest = new_hash(file.hashtype)
         with open(target, "rb", buffering=0) as handle:
             while count := handle.readinto(view):
                 digest.update(view[:count])
@@ -285,15 +288,17 @@ def stage_files(
             writing = relative
             parent, _, _ = relative.rpartition("/")
             if parent not in made_dirs:
-                os.makedirs(os.path.join(staging_root, parent), exist_ok=True)
+                os.makedirs(staging_root + "/" + parent, exist_ok=True)
                 made_dirs.add(parent)
-            digest = hashlib.new(wanted.hashtype)
-            with open(os.path.join(staging_root, relative), "xb", buffering=0) as out:
+            digest = new_hash(wanted.hashtype)
+            # os-level calls: a file object per member costs more than the hashing for small files
+            fd = os.open(staging_root + "/" + relative, _CREATE_FLAGS, 0o666)
+            try:
                 for chunk in reader.data():
                     digest.update(chunk)
-                    # An unbuffered write may write less than it was given (a disk nearly full):
-                    # the rest must be written, or the error seen, never a short file verified.
-                    written = out.write(chunk)
+                    # write() may write less than it was given (a disk nearly full): the rest
+                    # must be written, or the error seen, never a short file verified.
+                    written = os.write(fd, chunk)
                     while written != len(chunk):
                         if not written:
                             raise DestinationWriteError(
@@ -302,11 +307,13 @@ def stage_files(
                             )
                         chunk = chunk[written:]
                         bytes_done += written
-                        written = out.write(chunk)
+                        written = os.write(fd, chunk)
                     bytes_done += written
                     report()
                 if durable:
-                    os.fsync(out.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             if digest.hexdigest() != wanted.hashsum:
                 raise VerificationError(
                     f"file {wanted.path!r} (id {wanted.id!r}) has {wanted.hashtype} {digest.hexdigest()}, "
@@ -513,6 +520,20 @@ class _GuardedStream:
             raise
         except Exception as err:  # urllib3's ProtocolError and ReadTimeoutError are not OSErrors
             raise StreamError(f"reading the cart stream failed: {type(err).__name__}: {err}") from err
+
+
+@functools.cache
+def _hash_constructor(hashtype: str) -> Callable[[], Any]:
+    """``hashlib``'s named constructor (``hashlib.sha1``): cheaper per file than ``hashlib.new(name)``."""
+    named = getattr(hashlib, hashtype, None)
+    if hashtype in hashlib.algorithms_guaranteed and callable(named):
+        return named
+    return functools.partial(hashlib.new, hashtype)
+
+
+def new_hash(hashtype: str) -> Any:
+    """A new hash object of ``hashtype`` (any name :func:`hashlib.new` takes)."""
+    return _hash_constructor(hashtype)()
 
 
 def _member_path(member: tarfile.TarInfo, top_dir: str) -> str:
