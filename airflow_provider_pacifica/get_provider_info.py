@@ -129,6 +129,15 @@ def get_provider_info() -> dict[str, Any]:
                         "webhook_asset_by_source; any other asset is refused with 400.",
                         "",
                     ),
+                    "webhook_partition_events": _option(
+                        "Record each event as its own asset partition, keyed by its event id: a DAG scheduled "
+                        "with PartitionedAssetTimetable gets exactly one run per event, even for a burst (a plain "
+                        "schedule=[asset] batches events and can leave some waiting, apache/airflow#56050). "
+                        "Airflow queues partitioned events only for partition-aware DAGs: set False when DAGs "
+                        "with a plain asset schedule consume these events.",
+                        "True",
+                        "boolean",
+                    ),
                     "webhook_max_body_bytes": _option(
                         "Largest accepted request body; larger ones get 413.", str(4 * 1024 * 1024), "integer"
                     ),

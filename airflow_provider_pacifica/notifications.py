@@ -4,8 +4,12 @@ Pacifica Notifications delivers each event once and disables a subscription for 
 non-2xx answer or connection error (``disabled`` gets a timestamp, ``error`` the answer or the
 exception text); no further event reaches Airflow until it is re-enabled. This module lists a
 user's eventmatches with that state and re-enables the disabled ones, through the Notifications
-REST API (``/eventmatch``, the owner named by the ``Http-Remote-User`` header)::
+REST API (``/eventmatch``, the owner named by the ``Http-Remote-User`` header); it also creates the
+subscription in the first place (ingest events to the webhook, with its credentials)::
 
+    export PACIFICA_WEBHOOK_PASSWORD=...  # the webhook connection's password (or, without --login, its token)
+    python -m airflow_provider_pacifica.notifications subscribe --url http://127.0.0.1:8070 --user svc-airflow \
+        --target-url https://airflow.example.org/pacifica/events --login pacifica-notify
     python -m airflow_provider_pacifica.notifications list   --url http://127.0.0.1:8070 --user svc-airflow
     python -m airflow_provider_pacifica.notifications enable --url http://127.0.0.1:8070 --user svc-airflow
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +39,7 @@ import requests
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "INGEST_JSONPATH",
     "WEBHOOK_PATH",
     "EventMatch",
     "NotificationsClient",
@@ -46,6 +52,9 @@ __all__ = [
 WEBHOOK_PATH = "/pacifica/events"  # where the provider's plugin listens
 DEFAULT_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds
 USER_HEADER = "Http-Remote-User"  # Notifications' default [notifications] user_header
+# What metadata emits on an ingest (CloudEvents 0.1), in jsonpath2's syntax as Notifications evaluates it
+INGEST_JSONPATH = '$[?( @["cloudEventsVersion"] = "0.1" and @["eventType"] = "org.pacifica.metadata.ingest" )]'
+PASSWORD_ENV = "PACIFICA_WEBHOOK_PASSWORD"  # where `subscribe` reads the webhook's password or token
 
 
 class NotificationsError(RuntimeError):
@@ -155,6 +164,36 @@ class NotificationsClient:
         matches = [EventMatch.from_json(r) for r in records if isinstance(r, Mapping)]
         return [m for m in matches if m.deleted is None]
 
+    def subscribe(
+        self,
+        name: str,
+        target_url: str,
+        *,
+        login: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        jsonpath: str = INGEST_JSONPATH,
+    ) -> EventMatch:
+        """Create an eventmatch that delivers matching events to ``target_url``: ``POST /eventmatch``.
+
+        With ``login``/``password`` Notifications sends basic auth; with ``token``, an
+        ``Authorization: Bearer <token>`` header (the two webhook credentials the plugin accepts).
+        """
+        if login is not None and token is not None:
+            raise ValueError("give a login and password, or a token, not both")
+        body: dict[str, Any] = {"name": name, "jsonpath": jsonpath, "target_url": target_url}
+        if login is not None:
+            body["auth"] = {"type": "basic", "basic": {"username": login, "password": password or ""}}
+        elif token is not None:
+            body["auth"] = {"type": "header", "header": {"type": "Bearer", "credentials": token}}
+        response = self._request("POST", "/eventmatch", json=body)
+        if not 200 <= response.status_code < 300:
+            raise NotificationsError(f"POST /eventmatch answered {response.status_code}: {response.text[:300]}")
+        try:
+            return EventMatch.from_json(response.json())
+        except (ValueError, AttributeError):
+            raise NotificationsError(f"POST /eventmatch answered non-JSON: {response.text[:300]}") from None
+
     def enable(self, uuid: str) -> EventMatch:
         """Re-enable one eventmatch: ``PUT /eventmatch/<uuid>`` with ``{"disabled": null, "error": null}``."""
         response = self._request("PUT", f"/eventmatch/{quote(uuid, safe='')}", json={"disabled": None, "error": None})
@@ -203,6 +242,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", parents=[common], help="show the eventmatches and whether they are disabled")
     listing.add_argument("--check", action="store_true", help="exit with status 1 when one is disabled")
+    subscribing = commands.add_parser(
+        "subscribe",
+        parents=[common],
+        help=f"create the eventmatch that sends ingest events to the webhook; the password (with --login) or "
+        f"the token (without) is read from ${PASSWORD_ENV}, never from the command line",
+    )
+    subscribing.add_argument("--target-url", required=True, help="the webhook, e.g. https://airflow/pacifica/events")
+    subscribing.add_argument("--name", default="airflow-provider-pacifica webhook", help="the eventmatch's name")
+    subscribing.add_argument("--login", help="basic-auth user of the webhook connection (else a bearer token)")
+    subscribing.add_argument("--jsonpath", default=INGEST_JSONPATH, help="which events (default: every ingest)")
     enabling = commands.add_parser("enable", parents=[common], help="re-enable the disabled eventmatches")
     enabling.add_argument("--uuid", action="append", help="only this eventmatch (repeatable)")
     enabling.add_argument("--dry-run", action="store_true", help="show what would be re-enabled, change nothing")
@@ -216,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.url, args.user, user_header=args.user_header, timeout=(DEFAULT_TIMEOUT[0], args.timeout)
     )
     try:
+        if args.command == "subscribe":
+            return _subscribe(client, args)
         matches = webhook_eventmatches(client.eventmatches(), prefix=args.target_url_prefix, every=args.all)
         if args.command == "list":
             if args.json:
@@ -241,6 +292,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotificationsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _subscribe(client: NotificationsClient, args: argparse.Namespace) -> int:
+    secret = os.environ.get(PASSWORD_ENV)
+    if not secret:
+        raise NotificationsError(f"set ${PASSWORD_ENV} to the webhook's password (with --login) or token")
+    match = client.subscribe(
+        args.name,
+        args.target_url,
+        login=args.login,
+        password=secret if args.login else None,
+        token=None if args.login else secret,
+        jsonpath=args.jsonpath,
+    )
+    if args.json:
+        print(json.dumps(match.to_dict(), indent=2))
+    else:
+        print(f"subscribed {match.uuid} {match.name!r} -> {match.target_url}")
+    return 0
 
 
 if __name__ == "__main__":

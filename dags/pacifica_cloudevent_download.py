@@ -1,19 +1,23 @@
 """
 ### Download a Pacifica ingest, then process it
 
-Runs whenever a Pacifica ingest CloudEvent is recorded on the asset ``pacifica://metadata/ingest``
-(by the provider's webhook, or by a POST to Airflow's REST API with the event in
-``extra["cloudevent"]``). Triggered by hand or by ``airflow dags test``, it reads the event from
-``dag_run.conf["cloudevent"]`` instead.
+Runs once for every Pacifica ingest CloudEvent recorded on the asset ``pacifica://metadata/ingest``
+by the provider's webhook, which records each event as its own asset partition (keyed by the
+event id). The schedule is a ``PartitionedAssetTimetable``, so a burst of 30 events is 30 runs,
+each started at once: none waits for a later ingest (with a plain ``schedule=[asset]``, Airflow
+3.3 folds a burst into one run and can leave events behind, apache/airflow#56050). An event
+POSTed to Airflow's REST API needs ``extra["cloudevent"]`` and a ``partition_key``. Triggered by
+hand or by ``airflow dags test``, it reads the event from ``dag_run.conf["cloudevent"]`` instead.
 
-1. ``pick_cloudevents`` finds the CloudEvents: every asset event that queued up for this run
-   (several ingests can land while a run is pending), or ``dag_run.conf`` for manual runs.
+1. ``pick_cloudevents`` finds the CloudEvents: the asset events of this run's partition (one,
+   unless an event id was reused), or ``dag_run.conf`` for manual runs.
 2. ``download`` (``PacificaDownloadOperator``, mapped: one task per event) creates a Cartd cart of
    the event's files, waits for it **deferred** in the triggerer (no worker slot held while tape
    stages), streams the tar, verifies every file against the hash Pacifica gave, and publishes the
    files atomically under ``$PACIFICA_DOWNLOAD_ROOT/<run id>/<event id>/<subdir>/<name>`` (run and
    event ids made safe as directory names). It returns a manifest. Failures a retry can mend
-   (Cartd unreachable, an archive fault, a broken stream, a full disk) are retried, reusing the cart.
+   (Cartd unreachable, an archive fault, a broken stream, a full disk) are retried, reusing the cart;
+   a retry after the files were published returns their manifest without downloading again.
 3. ``summarize`` (one per download) streams each file named by the manifest (1 MiB at a time,
    whatever its size): bytes, lines, SHA-256, printed per file; it returns only the totals (a
    small XCom) and attaches them to the outlet asset ``pacifica://airflow/downloads`` so further
@@ -30,7 +34,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, PartitionedAssetTimetable, dag, task
 
 from airflow_provider_pacifica.batching import manifest_files
 from airflow_provider_pacifica.destinations import destination_for, safe_name
@@ -60,11 +64,11 @@ PACIFICA_DOWNLOADS = Asset(name="pacifica_downloads", uri="pacifica://airflow/do
 
 
 @dag(
-    schedule=[PACIFICA_INGEST],
+    schedule=PartitionedAssetTimetable(assets=PACIFICA_INGEST),  # one run per event
     catchup=False,
     doc_md=__doc__,
     tags=["pacifica", "example"],
-    max_active_runs=4,
+    max_active_runs=8,  # runs beyond these wait queued, each with its own event
     default_args={"retries": 3, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
 )
 def pacifica_cloudevent_download():

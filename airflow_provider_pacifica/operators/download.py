@@ -25,6 +25,7 @@ from airflow_provider_pacifica.exceptions import (
     CartFailedError,
     CartLostError,
     CartNotFoundError,
+    CartWaitTimeoutError,
     DestinationWriteError,
     ExtractionError,
     InvalidInputError,
@@ -69,6 +70,10 @@ class PacificaDownloadOperator(BaseOperator):
     :param transaction_info: a Policy transaction-info document (templated).
     :param pacifica_conn_id: the ``pacifica_cartd`` connection (templated).
     :param deferrable: wait for the cart in the triggerer (no worker slot held).
+    :param defer_after: deferrable only: seconds to poll on the worker before deferring. A cart
+        that is ready sooner (small carts on disk usually are) is downloaded in the same attempt:
+        no trigger round trip, and no resumed attempt that races the report of the deferral
+        (Airflow 3.3 can fail a finished download then, apache/airflow#72716). 0 defers at once.
     :param poll_interval: seconds between the first status polls; the interval grows by half
         each poll up to ``max_poll_interval``.
     :param max_poll_interval: the cap of the poll interval in seconds.
@@ -114,6 +119,7 @@ class PacificaDownloadOperator(BaseOperator):
         transaction_info: dict[str, Any] | str | None = None,
         pacifica_conn_id: str = PacificaCartdHook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        defer_after: float = 10.0,
         poll_interval: float = 5.0,
         max_poll_interval: float = 60.0,
         max_consecutive_failures: int = 10,
@@ -149,6 +155,7 @@ class PacificaDownloadOperator(BaseOperator):
         self.transaction_info = transaction_info
         self.pacifica_conn_id = pacifica_conn_id
         self.deferrable = deferrable
+        self.defer_after = max(0.0, defer_after)
         self.poll_interval = poll_interval
         self.max_poll_interval = max(max_poll_interval, poll_interval)
         self.max_consecutive_failures = max_consecutive_failures
@@ -224,7 +231,9 @@ class PacificaDownloadOperator(BaseOperator):
                 return self._manifest(cart_uid, present, event_summary)
             status = hook.ensure_cart(cart_uid, files, bundle=self.bundle)
             if not status.ready and self.deferrable:
-                self._defer(cart_uid)
+                if not self._ready_soon(hook, cart_uid):
+                    self._defer(cart_uid)
+                return self._wait_and_download(hook, cart_uid, context, ready=True)
             return self._wait_and_download(hook, cart_uid, context, ready=status.ready)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -269,9 +278,24 @@ class PacificaDownloadOperator(BaseOperator):
         """Re-create a lost cart (``CartLostError`` the second time) and defer to wait for it, if deferrable."""
         files, _ = self.requested_files()
         new_uid = hook.recreate_cart(cart_uid, files, bundle=self.bundle, reason=reason)
-        if self.deferrable:
+        if self.deferrable and not self._ready_soon(hook, new_uid):
             self._defer(new_uid)
         return new_uid
+
+    def _ready_soon(self, hook: PacificaCartdHook, cart_uid: str) -> bool:
+        """Whether the cart gets ready within ``defer_after`` seconds (polled here, on the worker)."""
+        if not self.defer_after:
+            return False
+        try:
+            hook.wait_for_cart(
+                cart_uid,
+                timeout=self.defer_after,
+                poll_interval=min(self.poll_interval, 1.0),
+                max_poll_interval=self.poll_interval,
+            )
+        except (CartWaitTimeoutError, CartNotFoundError):  # the trigger waits from here (and sees a purge)
+            return False
+        return True
 
     def _download(self, hook: PacificaCartdHook, cart_uid: str) -> dict[str, Any]:
         files, event_summary = self.requested_files()

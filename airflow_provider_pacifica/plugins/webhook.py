@@ -21,6 +21,11 @@ webhook_enabled`` is false):
   An ``asset`` query parameter may choose another one only among the configured ingest assets
   (those two options plus ``[pacifica] webhook_allowed_assets``). The compacted CloudEvent goes in
   ``extra["cloudevent"]``, and 201 is answered only after the database commit;
+* each event is recorded as its own asset partition, keyed by its event id (``[pacifica]
+  webhook_partition_events``, default true): a DAG scheduled with ``PartitionedAssetTimetable``
+  gets exactly one run per event, however many arrive at once. (With a plain
+  ``schedule=[asset]``, Airflow 3.3 batches a burst into one run and may leave the events that
+  arrived while that run was created waiting for a later ingest, apache/airflow#56050.)
 * a redelivered event (same event id and source on the same asset) records nothing and answers
   200, however many events came in between (:func:`record_event`).
 """
@@ -61,6 +66,9 @@ log = logging.getLogger(__name__)
 STRUCTURED_TYPES = ("application/json", "application/cloudevents+json")
 CREDENTIALS_CACHE_SECONDS = 30.0  # default of [pacifica] webhook_credentials_cache_seconds
 _RECORD_LOCK = threading.Lock()  # one check-then-insert at a time within this api-server process
+PARTITION_KEY_MAX = 250  # Airflow's ID_LEN: the longest partition key an asset event can hold
+_CONSUMER_CHECK_SECONDS = 300.0
+_consumers_checked: dict[int, float] = {}  # asset id -> when its consumer DAGs were last checked
 
 Credentials = tuple[str | None, str | None, str | None]  # (login, password, token)
 
@@ -171,6 +179,38 @@ def _prepare_or_refuse(content_type: str, headers: dict[str, str], body: bytes) 
         return f"the event cannot be validated: {type(err).__name__}: {str(err)[:200]}"
 
 
+def partition_events() -> bool:
+    """``[pacifica] webhook_partition_events`` (default true): one asset partition per event."""
+    return conf.getboolean("pacifica", "webhook_partition_events", fallback=True)
+
+
+def partition_key_for(event_id: str) -> str:
+    """The event id as an asset partition key; one too long for Airflow's column is hashed."""
+    if len(event_id) <= PARTITION_KEY_MAX and event_id.strip():
+        return event_id
+    return "sha256:" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _warn_about_unpartitioned_consumers(session: Any, asset: Any) -> None:
+    """Log (every few minutes) the DAGs on ``asset`` that partitioned events do not start.
+
+    Airflow queues a partitioned asset event only for partition-aware DAGs: one scheduled with a
+    plain ``schedule=[asset]`` silently gets no run, which is worth a line in the api-server log.
+    """
+    now = time.monotonic()
+    if now - _consumers_checked.get(asset.id, -_CONSUMER_CHECK_SECONDS) < _CONSUMER_CHECK_SECONDS:
+        return
+    _consumers_checked[asset.id] = now
+    plain = sorted(ref.dag_id for ref in asset.scheduled_dags if not ref.dag.timetable_partitioned)
+    if plain:
+        log.warning(
+            "DAG(s) %s are scheduled on %s without PartitionedAssetTimetable: the webhook records each event as a "
+            "partition ([pacifica] webhook_partition_events), which Airflow does not queue for them",
+            ", ".join(plain),
+            asset.uri,
+        )
+
+
 def record_event(asset_uri: str, event_id: str, extra: dict[str, Any]) -> tuple[str, int | None]:
     """Record an asset event unless one with this event id exists; ("recorded"|"duplicate"|"no-asset", id).
 
@@ -213,10 +253,15 @@ def record_event(asset_uri: str, event_id: str, extra: dict[str, Any]) -> tuple[
         )
         if duplicate is not None:
             return "duplicate", duplicate
-        recorded = asset_manager.register_asset_change(asset=asset, extra=extra, session=session)
+        partition_key = partition_key_for(event_id) if partition_events() else None
+        recorded = asset_manager.register_asset_change(
+            asset=asset, extra=extra, partition_key=partition_key, session=session
+        )
         if recorded is None:
             return "no-asset", None
         session.flush()
+        if partition_key is not None:
+            _warn_about_unpartitioned_consumers(session, asset)
         return "recorded", recorded.id
     # create_session commits on leaving the block: the answer is sent after the commit.
 

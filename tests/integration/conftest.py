@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "scripts" / "cartd-stack"
@@ -35,6 +43,17 @@ class CartdStack:
 
     def restart(self, service: str) -> None:
         run_stack("restart", "--workdir", str(self.workdir), "--service", service)
+
+    @contextlib.contextmanager
+    def paused(self, service: str) -> Iterator[None]:
+        """SIGSTOP a service's process group (e.g. ``worker``: carts stay staging, like a tape recall)
+        and SIGCONT it on leaving the block."""
+        record = json.loads((self.workdir / "run" / "pids" / f"{service}.json").read_text())
+        os.killpg(record["pid"], signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(record["pid"], signal.SIGCONT)
 
 
 def run_stack(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
@@ -67,7 +68,7 @@ def asset_id(stack, uri: str) -> int | None:
 
 
 def dag_runs(stack) -> list[dict]:
-    return stack.get(f"/api/v2/dags/{DAG_ID}/dagRuns")["dag_runs"]
+    return stack.get(f"/api/v2/dags/{DAG_ID}/dagRuns", limit=100)["dag_runs"]
 
 
 def notify(stack, body, auth=WEBHOOK_AUTH, content_type="application/json") -> requests.Response:
@@ -77,47 +78,61 @@ def notify(stack, body, auth=WEBHOOK_AUTH, content_type="application/json") -> r
     )
 
 
-def test_a_notification_runs_the_download_dag_deferred_and_verified(airflow, cartd_stack, capsys):
-    event = ingest_event(cartd_stack, TEXT_FILES)
-    posted = time.monotonic()
-    response = notify(airflow, event)
-    assert response.status_code == 201, response.text
-    assert response.json()["status"] == "recorded"
+def task_instances(stack, run_id: str) -> list[dict]:
+    return stack.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
 
-    (run,) = wait_for(lambda: dag_runs(airflow), 60, "the asset-triggered run", airflow)
-    queued_after = time.monotonic() - posted
-    assert run["run_type"] == "asset_triggered"
-    run_id = run["dag_run_id"]
+
+def run_for(stack, event_id: str) -> dict | None:
+    """The run of the event's partition (the webhook keys each event's partition by its id)."""
+    return next((run for run in dag_runs(stack) if run.get("partition_key") == event_id), None)
+
+
+def trigger_logs(stack, run_id: str) -> list:
+    return [
+        log
+        for log in (stack.home / "logs").rglob("attempt=*.log.trigger.*.log")
+        if "task_id=download" in log.parts and f"run_id={run_id}" in log.parts
+    ]
+
+
+def test_a_notification_runs_the_download_dag_waiting_deferred_while_the_archive_stages(airflow, cartd_stack, capsys):
+    event = ingest_event(cartd_stack, TEXT_FILES)
+    seen_states: set[str] = set()
+    with cartd_stack.paused("worker"):  # Cartd cannot stage: the cart waits, as for a tape recall
+        posted = time.monotonic()
+        response = notify(airflow, event)
+        assert response.status_code == 201, response.text
+        assert response.json()["status"] == "recorded"
+        run = wait_for(lambda: run_for(airflow, event["eventID"]), 60, "the asset-triggered run", airflow)
+        queued_after = time.monotonic() - posted
+        assert run["run_type"] == "asset_triggered"
+        run_id = run["dag_run_id"]
+
+        def deferred():
+            states = {ti["state"] for ti in task_instances(airflow, run_id) if ti["task_id"] == "download"}
+            seen_states.update(s for s in states if s)
+            return "deferred" in states
+
+        wait_for(deferred, 120, "the download to defer (its defer_after is 10 s)", airflow)
     destination = airflow.home / "downloads" / safe_name(run_id) / event["eventID"]
 
-    seen_states: set[str] = set()
-    files_after = None
-
     def finished():
-        nonlocal files_after
-        for ti in airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]:
-            if ti["task_id"] == "download" and ti["state"]:
-                seen_states.add(ti["state"])
-        if files_after is None and all((destination / path).exists() for path in TEXT_FILES):
-            files_after = time.monotonic() - posted
+        seen_states.update(ti["state"] for ti in task_instances(airflow, run_id) if ti["task_id"] == "download")
         state = airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
         return state if state in ("success", "failed") else None
 
     assert wait_for(finished, 180, "the run to finish", airflow) == "success", airflow.log_tail()
-    states = {
-        ti["task_id"]: ti["state"]
-        for ti in airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+    files_after = time.monotonic() - posted
+    instances = task_instances(airflow, run_id)
+    assert {ti["task_id"]: ti["state"] for ti in instances} == {
+        "pick_cloudevents": "success",
+        "download": "success",
+        "summarize": "success",
     }
-    assert states == {"pick_cloudevents": "success", "download": "success", "summarize": "success"}
-
     # The wait really ran in the triggerer: the task was deferred and the triggerer logged its trigger.
-    trigger_logs = [
-        log
-        for log in (airflow.home / "logs").rglob("attempt=1.log.trigger.*.log")
-        if "task_id=download" in log.parts  # under map_index=0/ now that downloads are mapped per event
-    ]
-    assert trigger_logs, f"no triggerer log for the download task (states seen: {seen_states})"
-    assert "ready" in trigger_logs[0].read_text(errors="replace")
+    logs = trigger_logs(airflow, run_id)
+    assert logs, f"no triggerer log for the download task (states seen: {seen_states})"
+    assert "ready" in logs[0].read_text(errors="replace")
 
     for path, data in TEXT_FILES.items():
         assert (destination / path).read_bytes() == data
@@ -125,22 +140,77 @@ def test_a_notification_runs_the_download_dag_deferred_and_verified(airflow, car
 
     downloads = asset_id(airflow, "pacifica://airflow/downloads")
     events = airflow.get("/api/v2/assets/events", asset_id=downloads)["asset_events"]
-    assert [e["extra"]["file_count"] for e in events] == [len(TEXT_FILES)]
-    assert events[0]["source_run_id"] == run_id
-    assert events[0]["extra"]["event_id"] == event["eventID"]
+    (summary,) = [e for e in events if e["source_run_id"] == run_id]
+    assert summary["extra"]["file_count"] == len(TEXT_FILES)
+    assert summary["extra"]["event_id"] == event["eventID"]
 
     with capsys.disabled():
         print(
-            f"\n[e2e] POST -> run queued {queued_after:.1f}s; POST -> files on disk {files_after:.1f}s; "
-            f"download states seen: {sorted(seen_states)}"
+            f"\n[e2e] POST -> run queued {queued_after:.1f}s; POST -> files on disk {files_after:.1f}s "
+            f"(the archive paused until the task deferred); download states seen: {sorted(seen_states)}"
         )
 
     # A redelivery of the same event records nothing and starts no second run.
+    runs = len(dag_runs(airflow))
     again = notify(airflow, event)
     assert again.status_code == 200
     assert again.json()["status"] == "duplicate"
     time.sleep(6)
-    assert len(dag_runs(airflow)) == 1
+    assert len(dag_runs(airflow)) == runs
+
+
+def test_a_cart_ready_within_seconds_is_downloaded_in_its_first_attempt_without_deferral(airflow, cartd_stack):
+    """No deferral, so no resumed attempt racing the deferral's report (apache/airflow#72716)."""
+    event = ingest_event(cartd_stack, {"quick/one.txt": b"ready at once\n"})
+    assert notify(airflow, event).status_code == 201
+    run_id = wait_for(lambda: run_for(airflow, event["eventID"]), 60, "the run", airflow)["dag_run_id"]
+    states: list[str] = []
+
+    def finished():
+        download = next((ti for ti in task_instances(airflow, run_id) if ti["task_id"] == "download"), None)
+        if download and download["state"]:
+            states.append(download["state"])
+        state = airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        return state if state in ("success", "failed") else None
+
+    assert wait_for(finished, 180, "the run to finish", airflow) == "success", airflow.log_tail()
+    (download,) = [ti for ti in task_instances(airflow, run_id) if ti["task_id"] == "download"]
+    assert download["try_number"] == 1
+    assert "deferred" not in states
+    assert trigger_logs(airflow, run_id) == []
+    destination = airflow.home / "downloads" / safe_name(run_id) / event["eventID"]
+    assert (destination / "quick" / "one.txt").read_bytes() == b"ready at once\n"
+
+
+def test_a_burst_of_30_events_is_30_runs_and_every_event_is_downloaded_with_no_later_ingest(
+    airflow, cartd_stack, capsys
+):
+    """apache/airflow#56050: a plain asset schedule folds a burst into one run and strands events."""
+    events = [ingest_event(cartd_stack, {f"burst/{i}.txt": f"event {i}\n".encode()}) for i in range(30)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(30) as pool:  # all 30 POSTed within a second
+        responses = list(pool.map(lambda event: notify(airflow, event), events))
+    posted_in = time.monotonic() - started
+    assert [r.status_code for r in responses] == [201] * 30, [r.text for r in responses if r.status_code != 201]
+    ids = {event["eventID"] for event in events}
+
+    def all_finished():
+        runs = {run["partition_key"]: run for run in dag_runs(airflow) if run.get("partition_key") in ids}
+        done = [run for run in runs.values() if run["state"] in ("success", "failed")]
+        return runs if len(done) == len(ids) else None
+
+    runs = wait_for(all_finished, 420, "30 runs to finish", airflow)
+    elapsed = time.monotonic() - started
+    assert sorted(runs) == sorted(ids)  # one run per event
+    assert {run["state"] for run in runs.values()} == {"success"}
+    for i, event in enumerate(events):
+        run = runs[event["eventID"]]
+        consumed = airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/upstreamAssetEvents")
+        assert [e["extra"]["cloudevent_id"] for e in consumed["asset_events"]] == [event["eventID"]]
+        destination = airflow.home / "downloads" / safe_name(run["dag_run_id"]) / event["eventID"]
+        assert (destination / "burst" / f"{i}.txt").read_bytes() == f"event {i}\n".encode()
+    with capsys.disabled():
+        print(f"\n[e2e] burst: 30 events POSTed in {posted_in:.2f}s; 30 runs, all downloaded {elapsed:.0f}s after")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from airflow_provider_pacifica import notifications
-from airflow_provider_pacifica.notifications import NotificationsClient, NotificationsError, main
+from airflow_provider_pacifica.notifications import INGEST_JSONPATH, NotificationsClient, NotificationsError, main
 
 WEBHOOK = "https://airflow.example.org/pacifica/events"
 ERROR = "HTTPConnectionPool(host='127.0.0.1', port=36421): Max retries exceeded with url: /pacifica/events"
@@ -96,6 +96,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._answer(200, match)
         else:
             self._answer(403, {"message": "Forbidden"})
+
+    def do_POST(self) -> None:
+        user, body = self._record()
+        if self.path != "/eventmatch" or not body or not {"name", "jsonpath", "target_url"} <= set(body):
+            self._answer(400, {"message": "bad eventmatch"})
+            return
+        uuid = f"u-new-{len(self.server.matches)}"
+        self.server.matches[uuid] = {**eventmatch(uuid, body["name"], body["target_url"], user=user), **body}
+        self._answer(200, self.server.matches[uuid])
 
     def do_PUT(self) -> None:
         user, body = self._record()
@@ -268,3 +277,37 @@ class socket_closed_port:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+def test_subscribe_creates_an_ingest_eventmatch_with_basic_auth_from_the_environment(fake, capsys, monkeypatch):
+    monkeypatch.setenv("PACIFICA_WEBHOOK_PASSWORD", "s3cret-pw")
+    status, out, _ = run(
+        capsys,
+        "subscribe",
+        *("--url", fake.url, "--user", "svc-airflow", "--login", "pacifica-notify"),
+        *("--target-url", WEBHOOK),
+    )
+    assert status == 0
+    (post,) = [r for r in fake.requests if r[0] == "POST"]
+    assert post[3]["jsonpath"] == INGEST_JSONPATH
+    assert post[3]["target_url"] == WEBHOOK
+    assert post[3]["auth"] == {"type": "basic", "basic": {"username": "pacifica-notify", "password": "s3cret-pw"}}
+    assert post[2]["Http-Remote-User"] == "svc-airflow"
+    assert out.startswith("subscribed u-new-")
+    assert "s3cret-pw" not in out
+
+
+def test_subscribe_without_login_sends_the_secret_as_a_bearer_token(fake, capsys, monkeypatch):
+    monkeypatch.setenv("PACIFICA_WEBHOOK_PASSWORD", "tok-9")
+    status, _, _ = run(capsys, "subscribe", "--url", fake.url, "--user", "svc-airflow", "--target-url", WEBHOOK)
+    assert status == 0
+    (post,) = [r for r in fake.requests if r[0] == "POST"]
+    assert post[3]["auth"] == {"type": "header", "header": {"type": "Bearer", "credentials": "tok-9"}}
+
+
+def test_subscribe_refuses_to_run_without_the_secret(fake, capsys, monkeypatch):
+    monkeypatch.delenv("PACIFICA_WEBHOOK_PASSWORD", raising=False)
+    status, _, err = run(capsys, "subscribe", "--url", fake.url, "--user", "svc-airflow", "--target-url", WEBHOOK)
+    assert status == 2
+    assert "PACIFICA_WEBHOOK_PASSWORD" in err
+    assert [r for r in fake.requests if r[0] == "POST"] == []

@@ -89,9 +89,12 @@ def test_example_dags_are_documented_and_serialize(dagbag):
         DagSerialization.to_dict(dag)
 
 
-def test_the_cloudevent_dag_is_scheduled_on_the_pacifica_ingest_asset_and_waits_deferred(dagbag):
+def test_the_cloudevent_dag_runs_once_per_partitioned_ingest_event_and_waits_deferred(dagbag):
+    from airflow.sdk import PartitionedAssetTimetable
+
     dag = dagbag.dags["pacifica_cloudevent_download"]
-    assert [a.uri for a in dag.timetable.asset_condition.objects] == ["pacifica://metadata/ingest"]
+    assert isinstance(dag.timetable, PartitionedAssetTimetable)  # a run per event (the webhook's partition key)
+    assert dag.timetable.asset_condition.uri == "pacifica://metadata/ingest"
     assert dag.get_task("download").partial_kwargs["deferrable"] is True
     assert dagbag.dags["pacifica_cart_sensor"].get_task("wait_for_cart").deferrable is True
 

@@ -236,7 +236,11 @@ def test_a_deferrable_download_does_not_probe_by_default(http_server, cartd_conn
     cartd_conn()
     http_server.sequence(Reply(200))
     op = PacificaDownloadOperator(
-        task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()], deferrable=True
+        task_id="d",
+        destination=str(tmp_path),
+        files=[f.to_dict() for f in cart_files()],
+        deferrable=True,
+        defer_after=0,
     )
     with pytest.raises(AirflowFailException, match="none was singled out"):
         op.execute_complete(make_context(), {"status": "error", "message": PERMANENT[0], "cart_uid": "c"})

@@ -139,6 +139,7 @@ def test_operator_creates_the_cart_on_the_worker_and_defers(http_server, cartd_c
         destination=str(tmp_path),
         cloudevent=json.dumps(event_for(cart_files())),
         deferrable=True,
+        defer_after=0,
         timeout=600,
     )
     with pytest.raises(TaskDeferred) as deferred:
@@ -166,7 +167,11 @@ def test_a_retried_task_reuses_its_staging_cart_instead_of_posting_again(http_se
     cartd_conn()
     http_server.sequence(cartd_head("staging"))
     op = PacificaDownloadOperator(
-        task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()], deferrable=True
+        task_id="d",
+        destination=str(tmp_path),
+        files=[f.to_dict() for f in cart_files()],
+        deferrable=True,
+        defer_after=0,
     )
     with pytest.raises(TaskDeferred):
         op.execute(make_context())
@@ -332,7 +337,11 @@ def test_a_cart_purged_while_waiting_is_created_once_more(http_server, cartd_con
     cartd_conn()
     http_server.sequence(Reply(201))
     op = PacificaDownloadOperator(
-        task_id="d", destination=str(tmp_path), files=[f.to_dict() for f in cart_files()], deferrable=True
+        task_id="d",
+        destination=str(tmp_path),
+        files=[f.to_dict() for f in cart_files()],
+        deferrable=True,
+        defer_after=0,
     )
     with pytest.raises(TaskDeferred) as deferred:
         op.execute_complete(make_context(), {"status": "missing", "message": "gone", "cart_uid": "c"})
@@ -447,4 +456,61 @@ def test_a_cart_that_fails_between_ready_and_download_fails_the_task_at_once(htt
     op = PacificaDownloadOperator(task_id="d", destination=str(tmp_path / "dest"), files=[f.to_dict() for f in only])
     with pytest.raises(AirflowFailException, match=r"failed: Failed to pull file\(disk error\); failing file\(s\)"):
         op.execute(make_context())
+    assert not (tmp_path / "dest").exists()
+
+
+# -- no deferral for a cart that is ready within seconds (issue 10, point 4) --------------------
+
+
+def serve_cart_ready_after(http_server, tar: bytes, staging_heads: int) -> None:
+    """Cartd as it stages a small cart: missing, then ``staging_heads`` HEADs staging, then ready."""
+    heads = [cartd_head("missing")] + [cartd_head("staging")] * staging_heads
+
+    def handler(request):
+        if request.method == "HEAD":
+            return heads.pop(0) if heads else cartd_head("ready")
+        if request.method == "POST":
+            return Reply(201)
+        if request.method == "GET":
+            return Reply(200, {"Content-Type": "application/octet-stream"}, tar)
+        return Reply(200, {}, b'{"message": "Cart Deleted Successfully"}')
+
+    http_server.handler = handler
+
+
+def test_a_cart_ready_within_defer_after_is_downloaded_without_deferral(http_server, cartd_conn, tmp_path):
+    """Deferring a cart that is ready in ~2 s only races the deferral's report (apache/airflow#72716)."""
+    cartd_conn()
+    serve_cart_ready_after(http_server, build_tar(), staging_heads=2)
+    op = PacificaDownloadOperator(
+        task_id="d",
+        destination=str(tmp_path / "dest"),
+        files=[f.to_dict() for f in cart_files()],
+        deferrable=True,
+        defer_after=10,
+        poll_interval=0.2,
+    )
+    manifest = op.execute(make_context())  # no TaskDeferred
+    assert manifest["file_count"] == len(CONTENTS)
+    assert [r.method for r in http_server.requests][:5] == ["HEAD", "POST", "HEAD", "HEAD", "HEAD"]
+    assert "GET" in [r.method for r in http_server.requests]
+
+
+def test_a_cart_still_staging_after_defer_after_is_waited_for_in_the_triggerer(http_server, cartd_conn, tmp_path):
+    cartd_conn()
+    serve_cart_ready_after(http_server, build_tar(), staging_heads=1000)
+    op = PacificaDownloadOperator(
+        task_id="d",
+        destination=str(tmp_path / "dest"),
+        files=[f.to_dict() for f in cart_files()],
+        deferrable=True,
+        defer_after=1.5,
+        poll_interval=0.2,
+    )
+    started = time.monotonic()
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(make_context())
+    assert time.monotonic() - started < 5
+    assert isinstance(deferred.value.trigger, CartReadyTrigger)
+    assert "GET" not in [r.method for r in http_server.requests]
     assert not (tmp_path / "dest").exists()

@@ -551,3 +551,38 @@ def test_the_plugin_is_declared_once_and_its_options_documented():
     assert options["webhook_enabled"]["description"]
     assert options["webhook_credentials_cache_seconds"]["default"] == "30"
     assert "webhook_allowed_assets" in options
+
+
+# -- one run per event (issue 10, point 4) -----------------------------------------------------
+
+
+def partition_keys():
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [event.partition_key for event in session.query(AssetEvent).order_by(AssetEvent.id)]
+
+
+def test_each_event_is_recorded_as_its_own_partition(webhook):
+    """A PartitionedAssetTimetable DAG gets a run per partition key: one per event, even in a burst."""
+    event = load_fixture("dispatcher-example-event.json")
+    for event_id in ("metadata.ingest.1", "metadata.ingest.2"):
+        assert post(webhook, {**event, "eventID": event_id}).status_code == 201
+    assert post(webhook, {**event, "eventID": "metadata.ingest.1"}).json()["status"] == "duplicate"
+    assert partition_keys() == ["metadata.ingest.1", "metadata.ingest.2"]
+
+
+def test_partitioning_can_be_turned_off_for_dags_with_a_plain_asset_schedule(webhook, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__PACIFICA__WEBHOOK_PARTITION_EVENTS", "false")
+    assert post(webhook, load_fixture("dispatcher-example-event.json")).status_code == 201
+    assert partition_keys() == [None]
+
+
+def test_an_event_id_too_long_for_a_partition_key_is_hashed():
+    long_id = "x" * 300
+    key = webhook_module.partition_key_for(long_id)
+    assert key.startswith("sha256:")
+    assert len(key) <= webhook_module.PARTITION_KEY_MAX
+    assert key == webhook_module.partition_key_for(long_id)  # a redelivery maps to the same key
+    assert webhook_module.partition_key_for("metadata.ingest.7") == "metadata.ingest.7"
