@@ -16,7 +16,8 @@ subscription in the first place (ingest events to the webhook, with its credenti
 Only eventmatches whose ``target_url`` points at the provider's webhook (path ending in
 ``/pacifica/events``) are considered, unless ``--target-url-prefix`` names another target or
 ``--all`` takes every eventmatch of the user. Re-enabling is ``PUT /eventmatch/<uuid>`` with
-``{"disabled": null, "error": null}``; the events Notifications did not deliver while the
+``{"disabled": null, "error": null}`` plus the eventmatch's own ``auth`` and ``extensions`` (which
+Notifications' PUT would otherwise reset to ``{}``); the events Notifications did not deliver while the
 subscription was disabled are not sent again (``pacifica-notifications-cmd eventretry <uuid>``
 does that, on the Notifications host).
 
@@ -195,8 +196,26 @@ class NotificationsClient:
             raise NotificationsError(f"POST /eventmatch answered non-JSON: {response.text[:300]}") from None
 
     def enable(self, uuid: str) -> EventMatch:
-        """Re-enable one eventmatch: ``PUT /eventmatch/<uuid>`` with ``{"disabled": null, "error": null}``."""
-        response = self._request("PUT", f"/eventmatch/{quote(uuid, safe='')}", json={"disabled": None, "error": None})
+        """Re-enable one eventmatch: ``PUT /eventmatch/<uuid>`` with ``{"disabled": null, "error": null}``.
+
+        Notifications' PUT sets ``auth`` and ``extensions`` to ``{}`` when the body leaves them
+        out (pacifica-notifications 0.5.2), which would silently strip the webhook's credentials
+        (every later delivery a 401, and the subscription disabled again). So the eventmatch is
+        read first and its ``auth`` and ``extensions`` are sent back unchanged.
+        """
+        path = f"/eventmatch/{quote(uuid, safe='')}"
+        current = self._request("GET", path)
+        if current.status_code != 200:
+            raise NotificationsError(f"GET /eventmatch/{uuid} answered {current.status_code}: {current.text[:300]}")
+        try:
+            record = current.json()
+        except ValueError:
+            raise NotificationsError(f"GET /eventmatch/{uuid} answered non-JSON: {current.text[:300]}") from None
+        if not isinstance(record, Mapping):
+            raise NotificationsError(f"GET /eventmatch/{uuid} answered {type(record).__name__}, expected an object")
+        body = {"disabled": None, "error": None}
+        body.update({key: record[key] for key in ("auth", "extensions") if record.get(key)})
+        response = self._request("PUT", path, json=body)
         if not 200 <= response.status_code < 300:
             raise NotificationsError(f"PUT /eventmatch/{uuid} answered {response.status_code}: {response.text[:300]}")
         try:

@@ -67,12 +67,33 @@ class AirflowStack:
             out.append(f"--- {name}\n" + "\n".join(text))
         return "\n".join(out)
 
+    def launch(self, name: str) -> None:
+        """Start one component (appending to its log)."""
+        with (self.home / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [AIRFLOW, *COMPONENTS[name]], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop_component(self, name: str) -> None:
+        """Stop one component (e.g. the api-server, for an outage); :meth:`restart_component` brings it back."""
+        self._terminate([self.processes.pop(name)])
+
+    def restart_component(self, name: str, ready_timeout: float = 120.0) -> None:
+        self.launch(name)
+        if name == "api-server":
+            self.token = ""  # a new api-server may sign with a new key
+        wait_until_healthy(self, ready_timeout)
+
     def stop(self) -> None:
-        for process in self.processes.values():
+        self._terminate(list(self.processes.values()))
+
+    @staticmethod
+    def _terminate(processes: list[subprocess.Popen]) -> None:
+        for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
-        for process in self.processes.values():
+        for process in processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             with contextlib.suppress(ProcessLookupError):  # its workers and children: its own process group
@@ -114,11 +135,7 @@ def start_airflow(
     stack = AirflowStack(home=home, env=env, url=f"http://127.0.0.1:{port}")
     try:
         for name in components:
-            args = COMPONENTS[name]
-            with (home / f"{name}.log").open("wb") as log:
-                stack.processes[name] = subprocess.Popen(
-                    [AIRFLOW, *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
+            stack.launch(name)
         wait_until_healthy(stack, ready_timeout)
     except BaseException:
         stack.stop()

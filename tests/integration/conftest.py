@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "scripts" / "cartd-stack"
+PACIFICA_STACK = REPO / "scripts" / "pacifica-stack"
 
 
 @dataclass(frozen=True)
@@ -103,3 +104,52 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.integration)
+
+
+# -- the whole real Pacifica (scripts/pacifica-stack), shared by every test that needs it ----------
+
+
+def run_pacifica_stack(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, str(PACIFICA_STACK), *args], capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/pacifica-stack {args[0]} failed:\n{result.stderr[-4000:]}", pytrace=False)
+    return result
+
+
+def parse_env(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@dataclass(frozen=True)
+class PacificaStack:
+    env: dict[str, str]
+    workdir: Path
+
+    @property
+    def metadata_url(self) -> str:
+        return self.env["PACIFICA_METADATA_URL"]
+
+    @property
+    def notifications_url(self) -> str:
+        return self.env["PACIFICA_NOTIFICATIONS_URL"]
+
+    @property
+    def user_header(self) -> dict[str, str]:
+        return {self.env["PACIFICA_NOTIFICATIONS_USER_HEADER"]: self.env["PACIFICA_USER"]}
+
+    def upload(self, *sources: Path) -> int:
+        return int(run_pacifica_stack("upload", "--workdir", str(self.workdir), *map(str, sources)).stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def pacifica_stack(tmp_path_factory):
+    """The whole real Pacifica on 127.0.0.1 (fails, never skips, if it cannot start)."""
+    workdir = tmp_path_factory.mktemp("pacifica-stack")
+    try:
+        yield PacificaStack(parse_env(run_pacifica_stack("start", "--workdir", str(workdir)).stdout), workdir)
+    finally:
+        subprocess.run(
+            [sys.executable, str(PACIFICA_STACK), "stop", "--workdir", str(workdir)], timeout=120, check=False
+        )

@@ -12,20 +12,16 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 
 from tests.httpserver import Reply
+from tests.integration.conftest import parse_env, run_pacifica_stack
 
 REPO = Path(__file__).resolve().parents[2]
-STACK = REPO / "scripts" / "pacifica-stack"
 FIXTURE = REPO / "tests" / "fixtures" / "notifications-delivered-event.json"
 
 INGEST_JSONPATH = '$[?( @["cloudEventsVersion"] = "0.1" and @["eventType"] = "org.pacifica.metadata.ingest" )]'
@@ -53,48 +49,6 @@ FILES_RECORD_KEYS = {
 }
 
 
-def run_stack(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, str(STACK), *args], capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        pytest.fail(f"scripts/pacifica-stack {args[0]} failed:\n{result.stderr[-4000:]}", pytrace=False)
-    return result
-
-
-def parse_env(text: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-@dataclass(frozen=True)
-class PacificaStack:
-    env: dict[str, str]
-    workdir: Path
-
-    @property
-    def metadata_url(self) -> str:
-        return self.env["PACIFICA_METADATA_URL"]
-
-    @property
-    def notifications_url(self) -> str:
-        return self.env["PACIFICA_NOTIFICATIONS_URL"]
-
-    @property
-    def user_header(self) -> dict[str, str]:
-        return {self.env["PACIFICA_NOTIFICATIONS_USER_HEADER"]: self.env["PACIFICA_USER"]}
-
-    def upload(self, *sources: Path) -> int:
-        return int(run_stack("upload", "--workdir", str(self.workdir), *map(str, sources)).stdout.strip())
-
-
-@pytest.fixture(scope="session")
-def pacifica_stack(tmp_path_factory):
-    """The whole real Pacifica on 127.0.0.1 (fails, never skips, if it cannot start)."""
-    workdir = tmp_path_factory.mktemp("pacifica-stack")
-    try:
-        yield PacificaStack(parse_env(run_stack("start", "--workdir", str(workdir)).stdout), workdir)
-    finally:
-        subprocess.run([sys.executable, str(STACK), "stop", "--workdir", str(workdir)], timeout=120, check=False)
-
-
 def make_tree(root: Path, tag: str) -> dict[str, bytes]:
     """Files to upload: top level, a subdirectory with a space, non-ASCII names, one binary MiB."""
     contents = {
@@ -115,14 +69,14 @@ def by_path(records) -> dict[str, dict]:
 
 
 def test_start_again_is_idempotent_and_status_sees_every_service(pacifica_stack):
-    again = run_stack("start", "--workdir", str(pacifica_stack.workdir), timeout=120)
+    again = run_pacifica_stack("start", "--workdir", str(pacifica_stack.workdir), timeout=120)
     assert parse_env(again.stdout) == pacifica_stack.env
     assert all(
         value.startswith(("http://127.0.0.1:", "redis://127.0.0.1:", "postgres://postgres@127.0.0.1:"))
         for key, value in pacifica_stack.env.items()
         if key.endswith("_URL")
     )
-    status = run_stack("status", "--workdir", str(pacifica_stack.workdir), timeout=120)
+    status = run_pacifica_stack("status", "--workdir", str(pacifica_stack.workdir), timeout=120)
     lines = status.stdout.splitlines()
     assert len(lines) == 12
     assert all(": running (pid " in line for line in lines), status.stdout

@@ -112,7 +112,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if match is None:
             self._answer(403, {"message": "Forbidden"})
             return
-        match.update(body or {})
+        # As pacifica-notifications 0.5.2 does: what the body leaves out of auth/extensions becomes {}
+        match.update({"auth": {}, "extensions": {}, **(body or {})})
         match["updated"] = "2026-12-02T20:30:00"
         self._answer(200, match)
 
@@ -180,7 +181,8 @@ def test_enable_re_enables_only_the_webhooks_disabled_eventmatches(fake, capsys)
     puts = [
         (path, body, headers["Http-Remote-User"]) for method, path, headers, body in fake.requests if method == "PUT"
     ]
-    assert puts == [("/eventmatch/u-1", {"disabled": None, "error": None}, "svc-airflow")]
+    kept_auth = {"type": "basic", "basic": {"username": "pacifica-notify", "password": "webhook-s3cret"}}
+    assert puts == [("/eventmatch/u-1", {"disabled": None, "error": None, "auth": kept_auth}, "svc-airflow")]
     assert fake.matches["u-1"]["disabled"] is None
     assert fake.matches["u-1"]["error"] is None
     assert fake.matches["u-1"]["target_url"] == WEBHOOK  # a partial update: the rest is kept
@@ -219,9 +221,9 @@ def test_an_unreachable_notifications_is_an_error_with_exit_status_2(capsys):
     assert err.startswith(f"error: GET http://127.0.0.1:{port}/eventmatch: ")
 
 
-def test_a_failed_put_is_reported(fake):
+def test_enabling_another_users_eventmatch_is_reported(fake):
     client = NotificationsClient(fake.url, "svc-airflow")
-    with pytest.raises(NotificationsError, match="PUT /eventmatch/u-5 answered 403"):
+    with pytest.raises(NotificationsError, match="GET /eventmatch/u-5 answered 403"):
         client.enable("u-5")  # another user's
 
 
@@ -236,7 +238,7 @@ def test_every_request_has_a_timeout(fake, monkeypatch):
     monkeypatch.setattr(requests.Session, "request", spy)
     client = NotificationsClient(fake.url, "svc-airflow")
     client.enable(client.eventmatches()[0].uuid)
-    assert seen == [notifications.DEFAULT_TIMEOUT] * 2
+    assert seen == [notifications.DEFAULT_TIMEOUT] * 3  # the list, the eventmatch read back, the PUT
 
 
 def test_a_stalled_notifications_times_out(capsys):
@@ -311,3 +313,16 @@ def test_subscribe_refuses_to_run_without_the_secret(fake, capsys, monkeypatch):
     assert status == 2
     assert "PACIFICA_WEBHOOK_PASSWORD" in err
     assert [r for r in fake.requests if r[0] == "POST"] == []
+
+
+def test_enable_keeps_the_subscriptions_credentials_that_notifications_put_would_reset(fake, capsys):
+    """Found on the real stack: a PUT of only disabled/error stripped auth, so every later delivery was a 401."""
+    basic = {"type": "basic", "basic": {"username": "pacifica-notify", "password": "pw-kept"}}
+    fake.matches["u-1"]["auth"] = basic
+    fake.matches["u-1"]["extensions"] = {"site": "a"}
+    status, out, _ = run(capsys, "enable", "--url", fake.url, "--user", "svc-airflow", "--uuid", "u-1")
+    assert status == 0
+    assert fake.matches["u-1"]["auth"] == basic
+    assert fake.matches["u-1"]["extensions"] == {"site": "a"}
+    assert fake.matches["u-1"]["disabled"] is None
+    assert "pw-kept" not in out
