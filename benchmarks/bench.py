@@ -16,6 +16,9 @@
    answers "staging" and then "ready": CPU used, worst event-loop lag, completions.
 5. Parallel carts: one cart versus the same files split into N carts downloaded at once.
 6. With ``--py-spy``: where the provider's CPU goes, one sampled download per cart.
+7. Intake (``benchmarks/intake.py``): the webhook under a burst of 1,000 events from 16 clients on
+   a real api-server with PostgreSQL, and real uploads through the whole real Pacifica to files on
+   disk.
 
 Writes ``benchmarks/results/results.json``, ``results.md`` and ``results.png`` (``--results``).
 """
@@ -816,6 +819,10 @@ def report(results: dict[str, Any]) -> str:
             f"\nParallel carts ({p['bytes'] / MIB:.0f} MiB): 1 cart {p['one_cart_s']:.2f} s, "
             f"{p['carts']} carts at once {p['n_carts_s']:.2f} s (x{p['one_cart_s'] / p['n_carts_s']:.2f})."
         )
+    if results.get("intake"):
+        from intake import report as intake_report
+
+        lines += ["", intake_report(results["intake"])]
     return "\n".join(lines) + "\n"
 
 
@@ -942,6 +949,15 @@ def main() -> int:
         help="leave the Cartd stack running, and reuse it if a previous --keep-stack run left it: the carts "
         "it staged are reused too (staging 10,000 small files takes Cartd about 20 minutes)",
     )
+    parser.add_argument("--no-intake", dest="intake", action="store_false", help="skip benchmarks/intake.py")
+    parser.add_argument("--intake-events", type=int, default=1000, help="events in the webhook burst")
+    parser.add_argument("--intake-clients", type=int, default=16, help="concurrent clients of the burst")
+    parser.add_argument("--intake-uploads", type=int, default=10, help="real uploads timed to files on disk")
+    parser.add_argument(
+        "--only-intake",
+        action="store_true",
+        help="measure only the intake (benchmarks/intake.py), into the results of the last full run",
+    )
     parser.add_argument(
         "--only-triggers",
         action="store_true",
@@ -975,6 +991,16 @@ def run_all(args: argparse.Namespace) -> int:
     if not shutil.which("curl"):
         subprocess.run(["apt-get", "install", "-y", "-q", "curl"], check=True, stdout=subprocess.DEVNULL)
 
+    if args.only_intake:  # measured again into the last full run's results
+        step("Intake: a webhook burst and real uploads through the whole real Pacifica")
+        intake = run_intake(workdir, args)
+        previous = (
+            json.loads((args.results / "results.json").read_text())
+            if (args.results / "results.json").exists()
+            else {"carts": []}
+        )
+        write_results({**previous, "intake": intake}, args.results)
+        return 0
     if args.only_triggers:  # measured again into the last full run's results
         step(f"Triggerer scale: {args.triggers} CartReadyTriggers in one event loop, 5 s polls")
         triggers = measure_triggers(args.triggers, poll=5.0, ready_after=30.0)
@@ -1069,9 +1095,18 @@ def run_all(args: argparse.Namespace) -> int:
     if args.triggers:
         step(f"Triggerer scale: {args.triggers} CartReadyTriggers in one event loop, 5 s polls")
         results["triggers"] = measure_triggers(args.triggers, poll=5.0, ready_after=30.0)
+    if args.intake:
+        step("Intake: a webhook burst and real uploads through the whole real Pacifica")
+        results["intake"] = run_intake(workdir, args)
 
     write_results(results, args.results)
     return 0
+
+
+def run_intake(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from intake import measure_intake  # benchmarks/intake.py, beside this file
+
+    return measure_intake(workdir, events=args.intake_events, clients=args.intake_clients, uploads=args.intake_uploads)
 
 
 def write_results(results: dict[str, Any], directory: Path) -> None:

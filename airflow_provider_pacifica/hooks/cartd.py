@@ -405,6 +405,7 @@ class PacificaCartdHook(BaseHook):
         while True:
             status = self.cart_status(cart_uid)
             if status.ready:
+                self.log.info("Cart %s is ready", cart_uid)
                 return status
             if status.failed:
                 raise CartFailedError(f"cart {cart_uid} failed: {status.message}", transient=status.transient)
