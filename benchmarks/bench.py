@@ -835,6 +835,8 @@ def _num(row: dict[str, Any], key: str, digits: int = 2, suffix: str = "") -> st
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
+    if not results.get("carts"):  # an intake-only run: nothing to plot
+        return
     import matplotlib
 
     matplotlib.use("Agg")

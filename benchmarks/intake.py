@@ -20,6 +20,7 @@ database is PostgreSQL (a database of its own on the stack's PostgreSQL server):
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def measure_intake(workdir: Path, *, events: int = 1000, clients: int = 16, uplo
         database = create_database(pacifica["PACIFICA_POSTGRES_URL"], "airflow_intake_bench")
         cartd = urlsplit(pacifica["CARTD_URL"])
         home = workdir / "airflow-intake"
-        subprocess.run(["rm", "-rf", str(home)], check=True)
+        shutil.rmtree(home, ignore_errors=True)
         airflow = start_airflow(
             home,
             {
@@ -194,6 +195,7 @@ def measure_uploads(
 ) -> dict[str, Any]:
     notifications = NotificationsClient(pacifica["PACIFICA_NOTIFICATIONS_URL"], pacifica["PACIFICA_USER"])
     notifications.subscribe("intake benchmark", f"{airflow.url}/pacifica/events", login=AUTH[0], password=AUTH[1])
+    shutil.rmtree(sources, ignore_errors=True)
     samples = []
     for index in range(count):
         root = sources / f"upload-{index}"
