@@ -1,13 +1,16 @@
-"""What a ``pacifica_cartd`` connection means, as a validated, typed value.
+"""What a ``pacifica_cartd`` or ``pacifica_metadata`` connection means, as a validated, typed value.
 
 Plain Python, no Airflow import: the hook reads an Airflow ``Connection`` and hands its fields
-here. Both connection forms arrive: JSON keeps types, while URI query extras are strings, so every
+here. Both services take the same fields and extras (:class:`PacificaConnectionConfig`); each has
+its own connection type and class (:class:`CartdConnectionConfig`, :class:`MetadataConnectionConfig`).
+Both connection forms arrive: JSON keeps types, while URI query extras are strings, so every
 extra is cast. An extra this module does not know is an error, never an HTTP header (HttpHook
 would send it as one and leak whatever it holds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -15,13 +18,14 @@ import ssl
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import certifi
 
 from airflow_provider_pacifica.exceptions import InvalidInputError
 
 CONN_TYPE = "pacifica_cartd"
+METADATA_CONN_TYPE = "pacifica_metadata"
 
 _BOOL_TRUE = {"true", "1", "yes", "on"}
 _BOOL_FALSE = {"false", "0", "no", "off"}
@@ -99,12 +103,16 @@ EXTRA_FIELDS = {
     "max_retries": _to_int,
     "retry_backoff": _to_number,
 }
-_LEGACY_PREFIX = f"extra__{CONN_TYPE}__"
+_LEGACY_PREFIX = f"extra__{CONN_TYPE}__"  # the Cartd connection's; see PacificaConnectionConfig.legacy_prefix
 
 
 @dataclass(frozen=True)
-class CartdConnectionConfig:
-    """Everything needed to talk to one Cartd, validated.
+class PacificaConnectionConfig:
+    """Everything needed to talk to one Pacifica HTTP service, validated.
+
+    The fields and the validation are shared by every service; a subclass names its connection
+    type (``conn_type``, whose old-style ``extra__<type>__`` prefix is accepted on extras) and the
+    service in messages (``service``).
 
     :param base_url: ``scheme://host[:port][/prefix]`` without a trailing slash.
     :param login: user for HTTP basic auth (with ``password``).
@@ -136,6 +144,14 @@ class CartdConnectionConfig:
     max_retries: int = 3
     retry_backoff: float = 1.0
 
+    conn_type: ClassVar[str] = ""
+    service: ClassVar[str] = "Pacifica"
+
+    @classmethod
+    def legacy_prefix(cls) -> str:
+        """The prefix old UI forms gave extras (``extra__<conn type>__token``), removed when read."""
+        return f"extra__{cls.conn_type}__"
+
     @classmethod
     def from_connection_fields(
         cls,
@@ -146,44 +162,46 @@ class CartdConnectionConfig:
         login: str | None = None,
         password: str | None = None,
         extra: Mapping[str, Any] | None = None,
-    ) -> CartdConnectionConfig:
+    ) -> Self:
         """Build the config from an Airflow connection's fields; raises ``InvalidInputError``."""
+        what = f"the {cls.service} connection"
         if not host:
-            raise InvalidInputError("the Cartd connection has no host")
+            raise InvalidInputError(f"{what} has no host")
         scheme = (schema or "http").strip().lower()
         if "://" in host:
             base_url = host.rstrip("/")
         elif scheme in ("http", "https"):
             base_url = f"{scheme}://{host.strip('/')}"
         else:
-            raise InvalidInputError(f"the Cartd connection schema must be http or https, got {schema!r}")
+            raise InvalidInputError(f"{what} schema must be http or https, got {schema!r}")
         if port:
             scheme_end = base_url.index("://") + 3
             slash = base_url.find("/", scheme_end)
             authority = base_url[scheme_end:] if slash < 0 else base_url[scheme_end:slash]
             if ":" in authority.rsplit("@", 1)[-1].rsplit("]", 1)[-1]:
-                raise InvalidInputError("the Cartd connection has a port both in host and in port")
+                raise InvalidInputError(f"{what} has a port both in host and in port")
             insert_at = len(base_url) if slash < 0 else slash
             base_url = f"{base_url[:insert_at]}:{int(port)}{base_url[insert_at:]}"
 
         options: dict[str, Any] = {}
         unknown = []
+        prefix = cls.legacy_prefix()
         for key, value in (extra or {}).items():
-            name = key.removeprefix(_LEGACY_PREFIX)
+            name = key.removeprefix(prefix)
             if name not in EXTRA_FIELDS:
                 unknown.append(key)
             elif value is not None and value != "":  # UI forms store unset fields as null or ""
                 options[name] = EXTRA_FIELDS[name](name, value)
         if unknown:
             raise InvalidInputError(
-                f"unknown Cartd connection extra(s) {sorted(unknown)}; known: {sorted(EXTRA_FIELDS)}"
+                f"unknown {cls.service} connection extra(s) {sorted(unknown)}; known: {sorted(EXTRA_FIELDS)}"
             )
         if options.get("token") and login:
-            raise InvalidInputError("the Cartd connection has both a login and a token; use one")
+            raise InvalidInputError(f"{what} has both a login and a token; use one")
         if options.get("client_key") and not options.get("client_cert"):
-            raise InvalidInputError("the Cartd connection has client_key without client_cert")
+            raise InvalidInputError(f"{what} has client_key without client_cert")
         if options.get("connect_timeout") == 0 or options.get("read_timeout") == 0:
-            raise InvalidInputError("Cartd connection timeouts must be greater than 0")
+            raise InvalidInputError(f"{cls.service} connection timeouts must be greater than 0")
         return cls(base_url=base_url, login=login or None, password=password or None, **options)
 
     # -- what requests and aiohttp need ---------------------------------------------------
@@ -241,16 +259,43 @@ class CartdConnectionConfig:
         return context
 
     def proxy_url(self) -> str | None:
-        """The proxy for Cartd's URL: from ``proxies``, else from the environment as requests does."""
+        """The proxy for the service's URL: from ``proxies``, else from the environment as requests does."""
         return _proxy_for(self.base_url, tuple(sorted(self.proxies.items())))
 
     def cache_key(self) -> tuple[Any, ...]:
         """A hashable identity of these settings (to share HTTP sessions between equal configs)."""
         return (
-            *(getattr(self, f) for f in self.__dataclass_fields__ if f != "proxies"),
+            *(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "proxies"),
             tuple(sorted(self.proxies.items())),
         )
+
+
+@dataclass(frozen=True)
+class CartdConnectionConfig(PacificaConnectionConfig):
+    """Everything needed to talk to one Cartd (connection type ``pacifica_cartd``), validated.
+
+    The fields are :class:`PacificaConnectionConfig`'s.
+    """
+
+    conn_type: ClassVar[str] = CONN_TYPE
+    service: ClassVar[str] = "Cartd"
 
     def url(self, cart_uid: str) -> str:
         """The URL of one cart."""
         return f"{self.base_url}/{cart_uid}"
+
+
+@dataclass(frozen=True)
+class MetadataConnectionConfig(PacificaConnectionConfig):
+    """Everything needed to talk to one pacifica-metadata (connection type ``pacifica_metadata``), validated.
+
+    The fields are :class:`PacificaConnectionConfig`'s; metadata itself has no auth, so login,
+    password, token and client certificates are for a reverse proxy in front of it.
+    """
+
+    conn_type: ClassVar[str] = METADATA_CONN_TYPE
+    service: ClassVar[str] = "Pacifica metadata"
+
+    def url(self, path: str) -> str:
+        """The URL of ``path`` (``transactions``, ``transactioninfo/by_id/1``) on metadata."""
+        return f"{self.base_url}/{path.lstrip('/')}"

@@ -7,6 +7,7 @@ from typing import Any
 from airflow_provider_pacifica import __version__
 
 INTEGRATION = "Pacifica Cartd"
+METADATA_INTEGRATION = "Pacifica Metadata"
 
 
 def _text(label: str, description: str, *, secret: bool = False) -> dict[str, Any]:
@@ -37,14 +38,14 @@ CONN_FIELDS: dict[str, Any] = {
     "token": _text("Bearer token", "Sent as 'Authorization: Bearer <token>' (instead of login/password).", secret=True),
     "client_cert": _text("Client certificate", "Path of a PEM certificate for TLS client authentication."),
     "client_key": _text("Client key", "Path of the certificate's private key, if not in the certificate file."),
-    "ca_bundle": _text("CA bundle", "Path of a CA bundle to verify the Cartd server certificate."),
+    "ca_bundle": _text("CA bundle", "Path of a CA bundle to verify the server certificate."),
     "verify": {
         "label": "Verify TLS",
         "description": "Verify the server certificate (turn off only for testing).",
         "schema": {"type": ["boolean", "null"], "default": True},
     },
     "connect_timeout": _number("Connect timeout (s)", "Seconds to wait for a connection.", 10, positive=True),
-    "read_timeout": _number("Read timeout (s)", "Seconds to wait for each read from Cartd.", 60, positive=True),
+    "read_timeout": _number("Read timeout (s)", "Seconds to wait for each read from the server.", 60, positive=True),
     "proxies": {
         "label": "Proxies",
         "description": 'JSON object, e.g. {"https": "http://proxy.example.org:3128"}.',
@@ -69,10 +70,21 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": INTEGRATION,
                 "external-doc-url": "https://github.com/pacifica/pacifica-cartd",
                 "tags": ["service"],
-            }
+            },
+            {
+                "integration-name": METADATA_INTEGRATION,
+                "external-doc-url": "https://github.com/pacifica/pacifica-metadata",
+                "tags": ["service"],
+            },
         ],
-        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_pacifica.hooks.cartd"]}],
-        "triggers": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_pacifica.triggers.cartd"]}],
+        "hooks": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_pacifica.hooks.cartd"]},
+            {"integration-name": METADATA_INTEGRATION, "python-modules": ["airflow_provider_pacifica.hooks.metadata"]},
+        ],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_pacifica.triggers.cartd"]},
+            {"integration-name": METADATA_INTEGRATION, "python-modules": ["airflow_provider_pacifica.triggers.ingest"]},
+        ],
         "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_pacifica.sensors.cartd"]}],
         "operators": [
             {
@@ -161,6 +173,23 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "conn-fields": CONN_FIELDS,
-            }
+            },
+            {
+                "connection-type": "pacifica_metadata",
+                "hook-class-name": "airflow_provider_pacifica.hooks.metadata.PacificaMetadataHook",
+                "hook-name": "Pacifica Metadata",
+                "ui-field-behaviour": {
+                    "hidden-fields": [],
+                    "relabeling": {"host": "Metadata host", "schema": "Scheme (http or https)"},
+                    "placeholders": {
+                        "host": "metadata.example.org",
+                        "schema": "https",
+                        "port": "8121",
+                        "login": "basic-auth user (optional)",
+                        "password": "basic-auth password (optional)",
+                    },
+                },
+                "conn-fields": CONN_FIELDS,  # the same extras as pacifica_cartd
+            },
         ],
     }

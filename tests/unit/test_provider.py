@@ -39,21 +39,25 @@ def test_every_listed_module_and_class_imports():
         for group in info[kind]:
             for module in group["python-modules"]:
                 importlib.import_module(module)
+    declared = {}
     for conn in info["connection-types"]:
         module, name = conn["hook-class-name"].rsplit(".", 1)
         hook = getattr(importlib.import_module(module), name)
-        assert hook.conn_type == conn["connection-type"] == "pacifica_cartd"
-        assert hook.hook_name == conn["hook-name"] == "Pacifica Cartd"
-        assert hook.conn_name_attr == "pacifica_conn_id"
-        assert hook.default_conn_name == "pacifica_cartd_default"
+        assert hook.conn_type == conn["connection-type"]
+        assert hook.hook_name == conn["hook-name"]
+        declared[hook.conn_type] = (hook.hook_name, hook.conn_name_attr, hook.default_conn_name)
+    assert declared == {
+        "pacifica_cartd": ("Pacifica Cartd", "pacifica_conn_id", "pacifica_cartd_default"),
+        "pacifica_metadata": ("Pacifica Metadata", "pacifica_metadata_conn_id", "pacifica_metadata_default"),
+    }
 
 
 def test_declared_connection_fields_are_exactly_the_extras_the_hook_accepts():
     from airflow_provider_pacifica.connection import EXTRA_FIELDS
 
-    (conn,) = get_provider_info()["connection-types"]
-    assert set(conn["conn-fields"]) == set(EXTRA_FIELDS)
-    assert conn["conn-fields"]["token"]["schema"]["format"] == "password"
+    for conn in get_provider_info()["connection-types"]:  # Cartd and metadata take the same extras
+        assert set(conn["conn-fields"]) == set(EXTRA_FIELDS)
+        assert conn["conn-fields"]["token"]["schema"]["format"] == "password"
 
 
 def test_airflow_lists_the_connection_type_and_its_fields():
@@ -65,6 +69,8 @@ def test_airflow_lists_the_connection_type_and_its_fields():
     assert "extra__pacifica_cartd__token" in manager.connection_form_widgets
     assert manager.connection_form_widgets["extra__pacifica_cartd__token"].is_sensitive
     assert manager.field_behaviours["pacifica_cartd"]["relabeling"]["host"] == "Cartd host"
+    assert "extra__pacifica_metadata__token" in manager.connection_form_widgets
+    assert manager.field_behaviours["pacifica_metadata"]["relabeling"]["host"] == "Metadata host"
 
 
 @pytest.fixture(scope="module")
