@@ -28,39 +28,16 @@ Needs the connection ``pacifica_cartd_default`` (type ``pacifica_cartd``) pointi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset, PartitionedAssetTimetable, dag, task
+from pacifica_common import downloads_for, summarize
 
-from airflow_provider_pacifica.batching import manifest_files
-from airflow_provider_pacifica.destinations import destination_for, safe_name
 from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
 
-
-def _event_id(cloudevent: Any) -> str:
-    """The event's id (``eventID`` in CloudEvents 0.1, ``id`` in 1.0), or ``""``."""
-    event = json.loads(cloudevent) if isinstance(cloudevent, str) else cloudevent
-    return str((event.get("eventID") or event.get("id") or "") if isinstance(event, dict) else "")
-
-
-def summarize_file(path: Path) -> dict[str, Any]:
-    """Bytes, lines and SHA-256 of one file, read in 1 MiB pieces: memory stays flat for any size."""
-    digest, size, lines, binary = hashlib.sha256(), 0, 0, False
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-            lines += chunk.count(b"\n")
-            binary = binary or b"\0" in chunk
-    return {"bytes": size, "lines": None if binary else lines, "sha256": digest.hexdigest()}
-
-
 PACIFICA_INGEST = Asset(name="pacifica_ingest", uri="pacifica://metadata/ingest")
-PACIFICA_DOWNLOADS = Asset(name="pacifica_downloads", uri="pacifica://airflow/downloads")
 
 
 @dag(
@@ -86,15 +63,7 @@ def pacifica_cloudevent_download():
             events = [json.loads(cloudevent) if isinstance(cloudevent, str) else cloudevent]
         if not events:
             raise ValueError("no CloudEvent: expected asset event extra['cloudevent'] or dag_run.conf['cloudevent']")
-        downloads: dict[str, dict[str, Any]] = {}
-        for index, cloudevent in enumerate(events):
-            name = safe_name(_event_id(cloudevent), fallback=f"event-{index}")
-            if name in downloads:
-                if downloads[name]["cloudevent"] == cloudevent:
-                    continue  # the same event delivered twice is downloaded once
-                name = f"{name}-{index}"  # two events whose ids make the same name: both are kept
-            downloads[name] = {"cloudevent": cloudevent, "destination": destination_for(run_id, name)}
-        return list(downloads.values())
+        return downloads_for(events, run_id)
 
     download = PacificaDownloadOperator.partial(
         task_id="download",
@@ -102,32 +71,6 @@ def pacifica_cloudevent_download():
         poll_interval=2.0,
         timeout=6 * 3600,
     ).expand_kwargs(pick_cloudevents())
-
-    @task(outlets=[PACIFICA_DOWNLOADS])
-    def summarize(manifest: dict[str, Any], outlet_events=None) -> dict[str, Any]:
-        """Per-file bytes, lines and SHA-256, streamed; returns (and emits) only the totals."""
-        root = Path(manifest["destination"])
-        file_count = total_bytes = text_lines = 0
-        for entry in manifest_files(manifest):
-            facts = summarize_file(root / entry["path"])
-            kind = "binary" if facts["lines"] is None else f"{facts['lines']} lines"
-            print(f"{entry['path']}: {facts['bytes']} bytes, {kind}, sha256 {facts['sha256']}")
-            file_count += 1
-            total_bytes += facts["bytes"]
-            text_lines += facts["lines"] or 0
-        event = manifest.get("event") or {}
-        summary = {
-            "destination": manifest["destination"],
-            "event_id": event.get("id"),
-            "transaction_id": event.get("transaction_id"),
-            "file_count": file_count,
-            "total_bytes": total_bytes,
-            "text_lines": text_lines,
-        }
-        print(f"Total: {file_count} files, {total_bytes} bytes, {text_lines} lines")
-        if outlet_events is not None:
-            outlet_events[PACIFICA_DOWNLOADS].extra = summary
-        return summary
 
     summarize.expand(manifest=download.output)
 

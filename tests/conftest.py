@@ -10,6 +10,7 @@ import atexit
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,9 @@ os.environ["AIRFLOW_HOME"] = _HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+# The example DAGs import their shared steps (dags/pacifica_common.py) as Airflow's dag-processor
+# and workers let them (a bundle's folder is on sys.path there); a plain DagBag does not add it.
+sys.path.insert(0, str(REPO / "dags"))
 
 import pytest  # noqa: E402
 

@@ -32,9 +32,13 @@ def chain(pacifica_stack, tmp_path_factory):
     """Airflow on the stack's Cartd, and a Notifications subscription of its webhook."""
     home = tmp_path_factory.mktemp("airflow-real-chain")
     cartd = urlsplit(pacifica_stack.env["CARTD_URL"])
+    metadata = urlsplit(pacifica_stack.metadata_url)
     airflow = start_airflow(
         home,
         {
+            "AIRFLOW_CONN_PACIFICA_METADATA_DEFAULT": json.dumps(
+                {"conn_type": "pacifica_metadata", "host": metadata.hostname, "port": metadata.port}
+            ),
             "AIRFLOW_CONN_PACIFICA_CARTD_DEFAULT": json.dumps(
                 {"conn_type": "pacifica_cartd", "host": cartd.hostname, "port": cartd.port}
             ),
@@ -164,6 +168,55 @@ def test_an_api_server_outage_disables_the_subscription_and_the_cli_restores_del
     assert_downloaded(airflow, finished_run(airflow, txn), txn, contents)
     assert run_of(airflow, missed) is None  # Notifications does not send missed events again
     assert run_of(airflow, still) is None
+
+
+def test_with_the_watcher_dag_unpaused_an_upload_is_found_by_polling_metadata_and_downloaded(
+    chain, pacifica_stack, tmp_path, capsys
+):
+    """The pull intake on a real triggerer: no webhook involved in this DAG's run."""
+    airflow, _, _ = chain
+    watcher_dag = "pacifica_ingest_watcher"
+    wait_for(lambda: airflow.api("GET", f"/api/v2/dags/{watcher_dag}").status_code == 200, 90, "the DAG", airflow)
+    assert airflow.get(f"/api/v2/dags/{watcher_dag}")["is_paused"] is True  # opt-in
+    triggerer_log = airflow.home / "triggerer.log"
+    assert airflow.api("PATCH", f"/api/v2/dags/{watcher_dag}", json={"is_paused": False}).status_code == 200
+    try:
+        wait_for(
+            lambda: "Watching Pacifica transactions created from" in triggerer_log.read_text(errors="replace"),
+            120,
+            "the watcher to start polling",
+            airflow,
+        )
+        contents = make_tree(tmp_path / "pulled", "found by the watcher")
+        started = time.monotonic()
+        txn = pacifica_stack.upload(tmp_path / "pulled")
+        event_id = f"metadata.ingest.{txn}"
+
+        def watcher_run():
+            for run in airflow.get(f"/api/v2/dags/{watcher_dag}/dagRuns", limit=100)["dag_runs"]:
+                run_path = f"/api/v2/dags/{watcher_dag}/dagRuns/{run['dag_run_id']}"
+                events = airflow.api("GET", f"{run_path}/upstreamAssetEvents")
+                if events.status_code != 200:  # Airflow 3.3.2 answers 500 while the run has no start_date
+                    continue
+                ids = [(e["extra"].get("payload") or {}).get("cloudevent_id") for e in events.json()["asset_events"]]
+                if event_id in ids:
+                    return run
+            return None
+
+        run = wait_for(watcher_run, 120, f"a watcher run for {event_id}", airflow)
+        queued = time.monotonic() - started
+        path = f"/api/v2/dags/{watcher_dag}/dagRuns/{run['dag_run_id']}"
+        state = wait_for(
+            lambda: (s := airflow.get(path)["state"]) in ("success", "failed") and s, 240, "the run", airflow
+        )
+        assert state == "success", airflow.log_tail()
+        destination = airflow.home / "downloads" / safe_name(run["dag_run_id"]) / event_id
+        for relative, data in contents.items():
+            assert (destination / relative).read_bytes() == data, relative
+        with capsys.disabled():
+            print(f"\n[real chain] watcher: upload -> run queued {queued:.1f}s (10 s polls)")
+    finally:
+        airflow.api("PATCH", f"/api/v2/dags/{watcher_dag}", json={"is_paused": True})
 
 
 def test_the_webhook_password_is_in_no_log(chain, pacifica_stack):

@@ -82,7 +82,24 @@ def dagbag():
 
 def test_example_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"pacifica_cloudevent_download", "pacifica_cart_sensor", "pacifica_parallel_download"} <= set(dagbag.dag_ids)
+    assert {
+        "pacifica_cloudevent_download",
+        "pacifica_cart_sensor",
+        "pacifica_parallel_download",
+        "pacifica_ingest_watcher",
+    } <= set(dagbag.dag_ids)
+
+
+def test_the_watcher_dag_is_opt_in_and_scheduled_on_an_asset_the_ingest_trigger_watches(dagbag):
+    from airflow_provider_pacifica.triggers.ingest import PacificaIngestEventTrigger
+
+    dag = dagbag.dags["pacifica_ingest_watcher"]
+    assert dag.is_paused_upon_creation is True  # a paused DAG's watcher does not poll
+    (asset,) = dag.timetable.asset_condition.objects
+    assert asset.uri == "pacifica://metadata/ingest-pulled"
+    (watcher,) = asset.watchers
+    assert isinstance(watcher.trigger, PacificaIngestEventTrigger)
+    assert watcher.trigger.pacifica_metadata_conn_id == "pacifica_metadata_default"
 
 
 def test_example_dags_are_documented_and_serialize(dagbag):
