@@ -15,12 +15,8 @@ import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import requests
-from airflow.sdk import BaseHook
-from requests.adapters import HTTPAdapter
-from requests.auth import HTTPBasicAuth
 from urllib3.util.retry import Retry
 
 from airflow_provider_pacifica.backoff import MAX_BACKOFF, Backoff
@@ -49,13 +45,13 @@ from airflow_provider_pacifica.exceptions import (
 from airflow_provider_pacifica.extraction import extract_cart
 from airflow_provider_pacifica.hooks import cartd_async
 from airflow_provider_pacifica.hooks.cart_reader import CartReader
+from airflow_provider_pacifica.hooks.service import PacificaServiceHook
 
 if TYPE_CHECKING:
     import os
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
     import aiohttp
-    from airflow.sdk import Connection
 
     from airflow_provider_pacifica.extraction import ExtractedFile, Progress
 
@@ -114,7 +110,7 @@ def retry_policy(config: CartdConnectionConfig) -> CartdRetry:
     )
 
 
-class PacificaCartdHook(BaseHook):
+class PacificaCartdHook(PacificaServiceHook[CartdConnectionConfig]):
     """Talk to a Pacifica Cartd through an Airflow connection of type ``pacifica_cartd``.
 
     The connection holds everything: host, port and scheme (``http``/``https``), basic auth
@@ -132,85 +128,18 @@ class PacificaCartdHook(BaseHook):
     conn_type = CONN_TYPE
     hook_name = "Pacifica Cartd"
 
+    config_class = CartdConnectionConfig
+
     def __init__(self, pacifica_conn_id: str = default_conn_name) -> None:
-        super().__init__()
+        super().__init__(pacifica_conn_id)
         self.pacifica_conn_id = pacifica_conn_id
-        self._config: CartdConnectionConfig | None = None
         self._session: requests.Session | None = None
         self._cancelled = threading.Event()
         self._readers: set[CartReader] = set()
 
-    # -- configuration --------------------------------------------------------------------
-
-    @staticmethod
-    def config_from_connection(conn: Connection, extra: Mapping[str, Any]) -> CartdConnectionConfig:
-        """Validate a connection; ``extra`` is passed in because sync and async code read it differently."""
-        try:
-            return CartdConnectionConfig.from_connection_fields(
-                host=conn.host,
-                port=conn.port,
-                schema=conn.schema,
-                login=conn.login,
-                password=conn.password,
-                extra=extra,
-            )
-        except InvalidInputError as err:
-            raise InvalidInputError(f"connection {conn.conn_id!r}: {err}") from None
-
-    @property
-    def config(self) -> CartdConnectionConfig:
-        """The validated connection (read once per hook)."""
-        if self._config is None:
-            conn = self.get_connection(self.pacifica_conn_id)
-            self._config = self.config_from_connection(conn, conn.extra_dejson)
-            self._mask(self._config)
-        return self._config
-
-    async def aget_config(self) -> CartdConnectionConfig:
-        """The validated connection, fetched without blocking the event loop and shared with the
-        other triggers of this loop for a minute (see :mod:`.cartd_async`)."""
-        if self._config is None:
-            self._config = await cartd_async.shared_config(self.pacifica_conn_id, self._fetch_config)
-        return self._config
-
-    async def _fetch_config(self) -> CartdConnectionConfig:
-        conn = await self.aget_connection(self.pacifica_conn_id)
-        config = self.config_from_connection(conn, await conn.aextra_dejson())
-        self._mask(config)
-        return config
-
-    @staticmethod
-    def _mask(config: CartdConnectionConfig) -> None:
-        # Airflow masks the password and extras named like secrets; a client key's path says where
-        # the key lives, and a proxy URL may carry credentials of its own.
-        from airflow.sdk.log import mask_secret
-
-        proxy_passwords = [urlsplit(url).password for url in (*config.proxies.values(), config.proxy_url() or "")]
-        for secret in (config.password, config.token, config.client_key, *proxy_passwords):
-            if secret:
-                mask_secret(secret)
-
     def get_conn(self) -> requests.Session:
         """A new ``requests.Session`` with the connection's auth, TLS, proxies and retry policy."""
-        config = self.config
-        config.check_files()
-        session = requests.Session()
-        # The connection decides: with trust_env, requests lets HTTPS_PROXY and REQUESTS_CA_BUNDLE
-        # override the session's own settings (and reads ~/.netrc). Both are honoured, in their place,
-        # by config.proxy_url() and config.ca_file when the connection does not say.
-        session.trust_env = False
-        session.headers["User-Agent"] = USER_AGENT
-        session.headers.update(config.auth_headers())
-        if config.login:
-            session.auth = HTTPBasicAuth(config.login, config.password or "")
-        session.verify = config.verify_option
-        session.cert = config.cert
-        if proxy := config.proxy_url():
-            session.proxies = {"http": proxy, "https": proxy}
-        adapter = HTTPAdapter(max_retries=retry_policy(config))
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        return session
+        return self.new_session(retry_policy(self.config))
 
     @property
     def session(self) -> requests.Session:

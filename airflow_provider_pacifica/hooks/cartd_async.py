@@ -1,8 +1,9 @@
-"""The async side of the Cartd hook: aiohttp sessions and connection settings shared per event loop.
+"""The async side of the hooks: aiohttp sessions and connection settings shared per event loop.
 
 A triggerer may run a thousand cart waits against one Cartd. They share one aiohttp session (one
 connection pool) per event loop and connection settings, and one read of the Airflow connection
-every ``CONFIG_TTL`` seconds, instead of one each.
+every ``CONFIG_TTL`` seconds, instead of one each. The metadata watcher's reads use the same
+sessions and cache (any :class:`~airflow_provider_pacifica.connection.PacificaConnectionConfig`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from airflow_provider_pacifica.carts import CartStatus
-    from airflow_provider_pacifica.connection import CartdConnectionConfig
+    from airflow_provider_pacifica.connection import CartdConnectionConfig, PacificaConnectionConfig
+
+ConfigT = TypeVar("ConfigT", bound="PacificaConnectionConfig")
 
 USER_AGENT = f"airflow-provider-pacifica/{__version__}"
 CONFIG_TTL = 60.0  # seconds a connection read by one trigger is reused by the others
@@ -33,8 +36,8 @@ CONFIG_TTL = 60.0  # seconds a connection read by one trigger is reused by the o
 @dataclass
 class _CachedConfig:
     expires: float
-    config: CartdConnectionConfig | None = None
-    fetch: asyncio.Future[CartdConnectionConfig] | None = None  # only while the fetch runs
+    config: PacificaConnectionConfig | None = None
+    fetch: asyncio.Future[Any] | None = None  # only while the fetch runs
 
 
 @dataclass
@@ -52,20 +55,21 @@ _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, 
 )
 
 
-async def shared_config(conn_id: str, fetch: Callable[[], Awaitable[CartdConnectionConfig]]) -> CartdConnectionConfig:
-    """The validated connection ``conn_id``: fetched once for all the triggers that start together,
-    then reused for ``CONFIG_TTL`` seconds. A failed fetch is not cached."""
+async def shared_config(conn_id: str, fetch: Callable[[], Awaitable[ConfigT]]) -> ConfigT:
+    """The validated connection ``conn_id`` (a key: the hooks prefix their connection type): fetched
+    once for all the triggers that start together, then reused for ``CONFIG_TTL`` seconds. A failed
+    fetch is not cached."""
     entries = _CONFIGS.setdefault(asyncio.get_running_loop(), {})
     entry = entries.get(conn_id)
     now = time.monotonic()
     if entry is not None and entry.config is not None and entry.expires > now:
-        return entry.config
+        return cast("ConfigT", entry.config)
     if entry is None or entry.fetch is None:
         entry = _CachedConfig(expires=now + CONFIG_TTL)
         entries[conn_id] = entry
         fetching = asyncio.ensure_future(fetch())
 
-        def done(future: asyncio.Future[CartdConnectionConfig], entry: _CachedConfig = entry) -> None:
+        def done(future: asyncio.Future[ConfigT], entry: _CachedConfig = entry) -> None:
             entry.fetch = None  # the future refers to the loop
             if not future.cancelled() and future.exception() is None:
                 entry.config = future.result()
@@ -75,11 +79,11 @@ async def shared_config(conn_id: str, fetch: Callable[[], Awaitable[CartdConnect
         entry.fetch = fetching
         fetching.add_done_callback(done)
         return await asyncio.shield(fetching)
-    return await asyncio.shield(entry.fetch)
+    return cast("ConfigT", await asyncio.shield(entry.fetch))
 
 
 @contextlib.asynccontextmanager
-async def shared_session(config: CartdConnectionConfig) -> AsyncIterator[aiohttp.ClientSession]:
+async def shared_session(config: PacificaConnectionConfig) -> AsyncIterator[aiohttp.ClientSession]:
     """An aiohttp session for ``config``, shared within the running loop, closed when its last user leaves."""
     sessions = _SESSIONS.setdefault(asyncio.get_running_loop(), {})
     key = config.cache_key()
@@ -98,7 +102,7 @@ async def shared_session(config: CartdConnectionConfig) -> AsyncIterator[aiohttp
             await shared.session.close()
 
 
-def new_session(config: CartdConnectionConfig) -> aiohttp.ClientSession:
+def new_session(config: PacificaConnectionConfig) -> aiohttp.ClientSession:
     """An aiohttp session with the connection's auth, TLS, timeouts and headers (proxies per request)."""
     config.check_files()
     auth = aiohttp.BasicAuth(config.login, config.password or "") if config.login else None

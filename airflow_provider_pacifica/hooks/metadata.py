@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import requests
-from airflow.sdk import BaseHook
-from requests.adapters import HTTPAdapter
-from requests.auth import HTTPBasicAuth
 from urllib3.util.retry import Retry
 
 from airflow_provider_pacifica.backoff import MAX_BACKOFF
@@ -26,21 +22,19 @@ from airflow_provider_pacifica.carts import TRANSIENT_STATUS_CODES, shorten
 from airflow_provider_pacifica.connection import METADATA_CONN_TYPE, MetadataConnectionConfig
 from airflow_provider_pacifica.exceptions import InvalidInputError
 from airflow_provider_pacifica.hooks import cartd_async
+from airflow_provider_pacifica.hooks.service import PacificaServiceHook
 from airflow_provider_pacifica.transactions import MetadataError, MetadataTransientError, TransactionNotFoundError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Mapping
 
-    from airflow.sdk import Connection
-
-    from airflow_provider_pacifica.connection import CartdConnectionConfig
 
 MAX_ERROR_BODY = 64 * 1024  # bytes of an error page read for its message
 MAX_PAGES = 100_000  # a listing longer than this is a server that ignores paging, not a backlog
 USER_AGENT = cartd_async.USER_AGENT
 
 
-class PacificaMetadataHook(BaseHook):
+class PacificaMetadataHook(PacificaServiceHook[MetadataConnectionConfig]):
     """Read pacifica-metadata through an Airflow connection of type ``pacifica_metadata``.
 
     The connection takes the same fields and extras as ``pacifica_cartd`` (host, port, scheme,
@@ -58,64 +52,11 @@ class PacificaMetadataHook(BaseHook):
     conn_type = METADATA_CONN_TYPE
     hook_name = "Pacifica Metadata"
 
+    config_class = MetadataConnectionConfig
+
     def __init__(self, pacifica_metadata_conn_id: str = default_conn_name) -> None:
-        super().__init__()
+        super().__init__(pacifica_metadata_conn_id)
         self.pacifica_metadata_conn_id = pacifica_metadata_conn_id
-        self._config: MetadataConnectionConfig | None = None
-
-    # -- configuration --------------------------------------------------------------------
-
-    @staticmethod
-    def config_from_connection(conn: Connection, extra: Mapping[str, Any]) -> MetadataConnectionConfig:
-        """Validate a connection; ``extra`` is passed in because sync and async code read it differently."""
-        try:
-            return MetadataConnectionConfig.from_connection_fields(
-                host=conn.host,
-                port=conn.port,
-                schema=conn.schema,
-                login=conn.login,
-                password=conn.password,
-                extra=extra,
-            )
-        except InvalidInputError as err:
-            raise InvalidInputError(f"connection {conn.conn_id!r}: {err}") from None
-
-    @property
-    def config(self) -> MetadataConnectionConfig:
-        """The validated connection (read once per hook)."""
-        if self._config is None:
-            conn = self.get_connection(self.pacifica_metadata_conn_id)
-            self._config = self.config_from_connection(conn, conn.extra_dejson)
-            self._mask(self._config)
-        return self._config
-
-    async def aget_config(self) -> MetadataConnectionConfig:
-        """The validated connection, fetched without blocking the event loop and shared with the
-        other triggers of this loop for a minute (see :mod:`.cartd_async`)."""
-        if self._config is None:
-            # cartd_async's helpers read only PacificaConnectionConfig's fields; their annotations
-            # name the Cartd class. The key keeps this entry apart from a Cartd hook's.
-            fetch = cast("Callable[[], Awaitable[CartdConnectionConfig]]", self._fetch_config)
-            key = f"{METADATA_CONN_TYPE}:{self.pacifica_metadata_conn_id}"
-            self._config = cast("MetadataConnectionConfig", await cartd_async.shared_config(key, fetch))
-        return self._config
-
-    async def _fetch_config(self) -> MetadataConnectionConfig:
-        conn = await self.aget_connection(self.pacifica_metadata_conn_id)
-        config = self.config_from_connection(conn, await conn.aextra_dejson())
-        self._mask(config)
-        return config
-
-    @staticmethod
-    def _mask(config: MetadataConnectionConfig) -> None:
-        # As the Cartd hook: Airflow masks the password and secret-named extras; a client key's path
-        # says where the key lives, and a proxy URL may carry credentials of its own.
-        from airflow.sdk.log import mask_secret
-
-        proxy_passwords = [urlsplit(url).password for url in (*config.proxies.values(), config.proxy_url() or "")]
-        for secret in (config.password, config.token, config.client_key, *proxy_passwords):
-            if secret:
-                mask_secret(secret)
 
     # -- async, for triggers --------------------------------------------------------------
 
@@ -123,7 +64,7 @@ class PacificaMetadataHook(BaseHook):
     async def async_session(self) -> AsyncIterator[aiohttp.ClientSession]:
         """An aiohttp session with the connection's auth, TLS and timeouts, shared within the event loop."""
         config = await self.aget_config()
-        async with cartd_async.shared_session(cast("CartdConnectionConfig", config)) as session:
+        async with cartd_async.shared_session(config) as session:
             yield session
 
     async def list_transactions(
@@ -219,19 +160,8 @@ class PacificaMetadataHook(BaseHook):
     # -- sync, for the connection form's Test button -----------------------------------------
 
     def get_conn(self) -> requests.Session:
-        """A new ``requests.Session`` with the connection's auth, TLS, proxies and retries."""
+        """A new ``requests.Session`` with the connection's auth, TLS, proxies and retries (GETs only)."""
         config = self.config
-        config.check_files()
-        session = requests.Session()
-        session.trust_env = False  # the connection decides (see PacificaCartdHook.get_conn)
-        session.headers["User-Agent"] = USER_AGENT
-        session.headers.update(config.auth_headers())
-        if config.login:
-            session.auth = HTTPBasicAuth(config.login, config.password or "")
-        session.verify = config.verify_option
-        session.cert = config.cert
-        if proxy := config.proxy_url():
-            session.proxies = {"http": proxy, "https": proxy}
         retry = Retry(
             total=config.max_retries,
             other=0,
@@ -242,10 +172,7 @@ class PacificaMetadataHook(BaseHook):
             backoff_max=MAX_BACKOFF,
             raise_on_status=False,
         )
-        adapter = HTTPAdapter(max_retries=retry)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        return session
+        return self.new_session(retry)
 
     def test_connection(self) -> tuple[bool, str]:
         """``GET /transactioninfo/last`` must answer ``{"latest_transaction_id": ...}``."""
