@@ -33,9 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, PartitionedAssetTimetable, dag, task
-from pacifica_common import downloads_for, summarize
-
-from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
+from pacifica_common import download_and_summarize, downloads_for
 
 PACIFICA_INGEST = Asset(name="pacifica_ingest", uri="pacifica://metadata/ingest")
 
@@ -65,14 +63,7 @@ def pacifica_cloudevent_download():
             raise ValueError("no CloudEvent: expected asset event extra['cloudevent'] or dag_run.conf['cloudevent']")
         return downloads_for(events, run_id)
 
-    download = PacificaDownloadOperator.partial(
-        task_id="download",
-        deferrable=True,
-        poll_interval=2.0,
-        timeout=6 * 3600,
-    ).expand_kwargs(pick_cloudevents())
-
-    summarize.expand(manifest=download.output)
+    download_and_summarize(pick_cloudevents())
 
 
 pacifica_cloudevent_download()

@@ -15,6 +15,7 @@ from airflow.sdk import Asset, task
 
 from airflow_provider_pacifica.batching import manifest_files
 from airflow_provider_pacifica.destinations import destination_for, safe_name
+from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
 
 PACIFICA_DOWNLOADS = Asset(name="pacifica_downloads", uri="pacifica://airflow/downloads")
 
@@ -75,3 +76,15 @@ def summarize(manifest: dict[str, Any], outlet_events=None) -> dict[str, Any]:
     if outlet_events is not None:
         outlet_events[PACIFICA_DOWNLOADS].extra = summary
     return summary
+
+
+def download_and_summarize(downloads: Any) -> None:
+    """The steps after picking: one deferred download per ``{"cloudevent", "destination"}``, then
+    one summary per manifest (mapped tasks, inside the calling DAG)."""
+    download = PacificaDownloadOperator.partial(
+        task_id="download",
+        deferrable=True,
+        poll_interval=2.0,
+        timeout=6 * 3600,
+    ).expand_kwargs(downloads)
+    summarize.expand(manifest=download.output)

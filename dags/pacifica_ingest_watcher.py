@@ -21,9 +21,8 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, AssetWatcher, dag, task
-from pacifica_common import downloads_for, summarize
+from pacifica_common import download_and_summarize, downloads_for
 
-from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
 from airflow_provider_pacifica.triggers.ingest import PacificaIngestEventTrigger
 
 PACIFICA_PULLED = Asset(
@@ -55,14 +54,7 @@ def pacifica_ingest_watcher():
             raise ValueError("no CloudEvent: expected asset event extra['payload']['cloudevent'] from the watcher")
         return downloads_for(events, run_id)
 
-    download = PacificaDownloadOperator.partial(
-        task_id="download",
-        deferrable=True,
-        poll_interval=2.0,
-        timeout=6 * 3600,
-    ).expand_kwargs(pick_cloudevents())
-
-    summarize.expand(manifest=download.output)
+    download_and_summarize(pick_cloudevents())
 
 
 pacifica_ingest_watcher()

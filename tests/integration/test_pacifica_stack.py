@@ -18,6 +18,7 @@ from pathlib import Path
 
 import requests
 
+from airflow_provider_pacifica.transactions import FILES_RECORD_KEYS as FILES_RECORD_KEYS_EMITTED
 from tests.httpserver import Reply
 from tests.integration.conftest import parse_env, run_pacifica_stack
 
@@ -35,18 +36,7 @@ ENVELOPE_KEYS = {
     "contentType",
     "data",
 }
-FILES_RECORD_KEYS = {
-    "_id",
-    "ctime",
-    "mtime",
-    "destinationTable",
-    "hashsum",
-    "hashtype",
-    "mimetype",
-    "name",
-    "size",
-    "subdir",
-}
+FILES_RECORD_KEYS = set(FILES_RECORD_KEYS_EMITTED)  # metadata's, as the watcher rebuilds them
 
 
 def make_tree(root: Path, tag: str) -> dict[str, bytes]:
