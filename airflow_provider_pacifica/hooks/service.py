@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection
     from urllib3.util.retry import Retry
 
+#: The connection settings class of a hook (``CartdConnectionConfig``, ``MetadataConnectionConfig``).
 ConfigT = TypeVar("ConfigT", bound=PacificaConnectionConfig)
 
 
