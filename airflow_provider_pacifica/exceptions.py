@@ -19,10 +19,10 @@ class CloudEventError(InvalidInputError):
     """The event (or file list) cannot be downloaded; the message names the offending record."""
 
 
-class CartdError(PacificaError):
-    """Cartd answered in a way the client cannot continue from.
+class ServiceError(PacificaError):
+    """A Pacifica service answered in a way the client cannot continue from.
 
-    :param message: what went wrong, including Cartd's own message where it gave one.
+    :param message: what went wrong, including the service's own message where it gave one.
     :param status_code: the HTTP status code, when there was a response.
     """
 
@@ -30,6 +30,22 @@ class CartdError(PacificaError):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
+
+
+class CartdError(ServiceError):
+    """Cartd answered in a way the client cannot continue from."""
+
+
+class MetadataError(ServiceError):
+    """pacifica-metadata answered in a way the client cannot continue from."""
+
+
+class MetadataTransientError(MetadataError):
+    """A fault that may pass: connection refused or reset, timeout, 429, any 5xx."""
+
+
+class TransactionNotFoundError(MetadataError):
+    """Metadata has no transaction with that id (404)."""
 
 
 class CartdTransientError(CartdError):

@@ -59,7 +59,15 @@ PASSWORD_ENV = "PACIFICA_WEBHOOK_PASSWORD"  # where `subscribe` reads the webhoo
 
 
 class NotificationsError(RuntimeError):
-    """Notifications could not be reached, or answered with an unexpected status."""
+    """Notifications could not be reached, or answered with an unexpected status.
+
+    :param message: what went wrong.
+    :param status_code: Notifications' HTTP status, when it answered.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 @dataclass(frozen=True)
@@ -144,20 +152,29 @@ class NotificationsClient:
         except requests.RequestException as err:
             raise NotificationsError(f"{method} {self.url}{path}: {err}") from None
 
+    def _json(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+        """One request; its JSON body, or :class:`NotificationsError` naming the status or the body."""
+        response = self._request(method, path, **kwargs)
+        if not 200 <= response.status_code < 300:
+            raise NotificationsError(
+                f"{method} {what} answered {response.status_code}: {response.text[:300]}", response.status_code
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise NotificationsError(f"{method} {what} answered non-JSON: {response.text[:300]}") from None
+
     def eventmatches(self) -> list[EventMatch]:
         """All the user's eventmatches (soft-deleted ones left out).
 
         Notifications answers 403 for a list that would be empty, so a 403 is an empty list.
         """
-        response = self._request("GET", "/eventmatch")
-        if response.status_code == 403:
-            return []
-        if response.status_code != 200:
-            raise NotificationsError(f"GET /eventmatch answered {response.status_code}: {response.text[:300]}")
         try:
-            records = response.json()
-        except ValueError:
-            raise NotificationsError(f"GET /eventmatch answered non-JSON: {response.text[:300]}") from None
+            records = self._json("GET", "/eventmatch", "/eventmatch")
+        except NotificationsError as err:
+            if err.status_code == 403:
+                return []
+            raise
         if isinstance(records, Mapping):
             records = [records]
         if not isinstance(records, list):
@@ -187,13 +204,10 @@ class NotificationsClient:
             body["auth"] = {"type": "basic", "basic": {"username": login, "password": password or ""}}
         elif token is not None:
             body["auth"] = {"type": "header", "header": {"type": "Bearer", "credentials": token}}
-        response = self._request("POST", "/eventmatch", json=body)
-        if not 200 <= response.status_code < 300:
-            raise NotificationsError(f"POST /eventmatch answered {response.status_code}: {response.text[:300]}")
-        try:
-            return EventMatch.from_json(response.json())
-        except (ValueError, AttributeError):
-            raise NotificationsError(f"POST /eventmatch answered non-JSON: {response.text[:300]}") from None
+        record = self._json("POST", "/eventmatch", "/eventmatch", json=body)
+        if not isinstance(record, Mapping):
+            raise NotificationsError(f"POST /eventmatch answered {type(record).__name__}, expected an object")
+        return EventMatch.from_json(record)
 
     def enable(self, uuid: str) -> EventMatch:
         """Re-enable one eventmatch: ``PUT /eventmatch/<uuid>`` with ``{"disabled": null, "error": null}``.
@@ -204,24 +218,15 @@ class NotificationsClient:
         read first and its ``auth`` and ``extensions`` are sent back unchanged.
         """
         path = f"/eventmatch/{quote(uuid, safe='')}"
-        current = self._request("GET", path)
-        if current.status_code != 200:
-            raise NotificationsError(f"GET /eventmatch/{uuid} answered {current.status_code}: {current.text[:300]}")
-        try:
-            record = current.json()
-        except ValueError:
-            raise NotificationsError(f"GET /eventmatch/{uuid} answered non-JSON: {current.text[:300]}") from None
+        record = self._json("GET", path, f"/eventmatch/{uuid}")
         if not isinstance(record, Mapping):
             raise NotificationsError(f"GET /eventmatch/{uuid} answered {type(record).__name__}, expected an object")
         body = {"disabled": None, "error": None}
         body.update({key: record[key] for key in ("auth", "extensions") if record.get(key)})
-        response = self._request("PUT", path, json=body)
-        if not 200 <= response.status_code < 300:
-            raise NotificationsError(f"PUT /eventmatch/{uuid} answered {response.status_code}: {response.text[:300]}")
-        try:
-            return EventMatch.from_json(response.json())
-        except (ValueError, AttributeError):
+        updated = self._json("PUT", path, f"/eventmatch/{uuid}", json=body)
+        if not isinstance(updated, Mapping):  # re-enabled all the same; Notifications answers the object
             return EventMatch(uuid=uuid, name="", target_url="", disabled=None, error=None)
+        return EventMatch.from_json(updated)
 
 
 def webhook_eventmatches(

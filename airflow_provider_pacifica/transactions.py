@@ -32,7 +32,12 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_pacifica.exceptions import InvalidInputError, PacificaError
+from airflow_provider_pacifica.exceptions import (  # re-exported: the watcher's errors
+    InvalidInputError,
+    MetadataError,
+    MetadataTransientError,
+    TransactionNotFoundError,
+)
 
 EVENT_TYPE = "org.pacifica.metadata.ingest"
 # metadata's [notifications] ingest_eventid and ingest_source defaults (pacifica-metadata 0.13.0 config.py)
@@ -81,27 +86,6 @@ __all__ = [
 class IncompleteTransactionError(InvalidInputError):
     """A transaction that cannot become an ingest event (no files, a file without a hash...); the
     message names what is missing."""
-
-
-class MetadataError(PacificaError):
-    """pacifica-metadata answered in a way the client cannot continue from.
-
-    :param message: what went wrong, with metadata's own message where it gave one.
-    :param status_code: the HTTP status code, when there was a response.
-    """
-
-    def __init__(self, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-
-
-class MetadataTransientError(MetadataError):
-    """A fault that may pass: connection refused or reset, timeout, 429, any 5xx."""
-
-
-class TransactionNotFoundError(MetadataError):
-    """Metadata has no transaction with that id (404)."""
 
 
 # -- times -----------------------------------------------------------------------------------------

@@ -20,10 +20,14 @@ from urllib3.util.retry import Retry
 from airflow_provider_pacifica.backoff import MAX_BACKOFF
 from airflow_provider_pacifica.carts import TRANSIENT_STATUS_CODES, shorten
 from airflow_provider_pacifica.connection import METADATA_CONN_TYPE, MetadataConnectionConfig
-from airflow_provider_pacifica.exceptions import InvalidInputError
+from airflow_provider_pacifica.exceptions import (
+    InvalidInputError,
+    MetadataError,
+    MetadataTransientError,
+    TransactionNotFoundError,
+)
 from airflow_provider_pacifica.hooks import cartd_async
 from airflow_provider_pacifica.hooks.service import PacificaServiceHook
-from airflow_provider_pacifica.transactions import MetadataError, MetadataTransientError, TransactionNotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping

@@ -18,11 +18,9 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_pacifica.backoff import Backoff
 from airflow_provider_pacifica.cloudevents import parse_cloudevent
-from airflow_provider_pacifica.exceptions import InvalidInputError
+from airflow_provider_pacifica.exceptions import InvalidInputError, MetadataTransientError, TransactionNotFoundError
 from airflow_provider_pacifica.hooks.metadata import PacificaMetadataHook
 from airflow_provider_pacifica.transactions import (
-    MetadataTransientError,
-    TransactionNotFoundError,
     advance,
     event_id_for,
     format_time,
