@@ -32,12 +32,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_pacifica.exceptions import (  # re-exported: the watcher's errors
-    InvalidInputError,
-    MetadataError,
-    MetadataTransientError,
-    TransactionNotFoundError,
-)
+from airflow_provider_pacifica.exceptions import InvalidInputError
 
 EVENT_TYPE = "org.pacifica.metadata.ingest"
 # metadata's [notifications] ingest_eventid and ingest_source defaults (pacifica-metadata 0.13.0 config.py)
@@ -64,9 +59,6 @@ __all__ = [
     "EVENT_TYPE",
     "Cursor",
     "IncompleteTransactionError",
-    "MetadataError",
-    "MetadataTransientError",
-    "TransactionNotFoundError",
     "advance",
     "event_id_for",
     "format_time",

@@ -17,8 +17,9 @@ import pytest
 import requests
 
 from airflow_provider_pacifica.cloudevents import parse_cloudevent
+from airflow_provider_pacifica.exceptions import TransactionNotFoundError
 from airflow_provider_pacifica.hooks.metadata import PacificaMetadataHook
-from airflow_provider_pacifica.transactions import TransactionNotFoundError, format_time, parse_time
+from airflow_provider_pacifica.transactions import format_time, parse_time
 from airflow_provider_pacifica.triggers import ingest as trigger_module
 from airflow_provider_pacifica.triggers.ingest import PacificaIngestEventTrigger
 from tests.httpserver import Reply

@@ -23,12 +23,14 @@ from airflow_provider_pacifica.connection import (
     MetadataConnectionConfig,
     PacificaConnectionConfig,
 )
-from airflow_provider_pacifica.exceptions import InvalidInputError
-from airflow_provider_pacifica.hooks.metadata import PacificaMetadataHook
-from airflow_provider_pacifica.transactions import (
+from airflow_provider_pacifica.exceptions import (
+    InvalidInputError,
     MetadataError,
     MetadataTransientError,
     TransactionNotFoundError,
+)
+from airflow_provider_pacifica.hooks.metadata import PacificaMetadataHook
+from airflow_provider_pacifica.transactions import (
     parse_time,
 )
 from airflow_provider_pacifica.triggers import ingest as trigger_module
