@@ -10,7 +10,9 @@ POSTed to Airflow's REST API needs ``extra["cloudevent"]`` and a ``partition_key
 hand or by ``airflow dags test``, it reads the event from ``dag_run.conf["cloudevent"]`` instead.
 
 1. ``pick_cloudevents`` finds the CloudEvents: the asset events of this run's partition (one,
-   unless an event id was reused), or ``dag_run.conf`` for manual runs.
+   unless an event id was reused), or ``dag_run.conf`` for manual runs. With the watcher DAG
+   (``pacifica_ingest_watcher``) on too, an ingest both intakes recorded is downloaded once, by
+   the run of the earliest recorded event of its id; the other run logs the skip and the winner.
 2. ``download`` (``PacificaDownloadOperator``, mapped: one task per event) creates a Cartd cart of
    the event's files, waits for it **deferred** in the triggerer (no worker slot held while tape
    stages), streams the tar, verifies every file against the hash Pacifica gave, and publishes the
@@ -32,10 +34,8 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, PartitionedAssetTimetable, dag, task
-from pacifica_common import download_and_summarize, downloads_for
-
-PACIFICA_INGEST = Asset(name="pacifica_ingest", uri="pacifica://metadata/ingest")
+from airflow.sdk import PartitionedAssetTimetable, dag, task
+from pacifica_common import INTAKES, PACIFICA_INGEST, download_and_summarize, downloads_for, pick_downloads
 
 
 @dag(
@@ -47,21 +47,21 @@ PACIFICA_INGEST = Asset(name="pacifica_ingest", uri="pacifica://metadata/ingest"
     default_args={"retries": 3, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
 )
 def pacifica_cloudevent_download():
-    @task
-    def pick_cloudevents(triggering_asset_events=None, dag_run=None, run_id=None) -> list[dict[str, Any]]:
-        """One download per CloudEvent: of the triggering asset events, or of ``dag_run.conf``."""
-        events = [
-            (event.extra or {})["cloudevent"]
-            for event in (triggering_asset_events or {}).get(PACIFICA_INGEST, [])
-            if "cloudevent" in (event.extra or {})
-        ]
+    # Undecided (an earlier event not readable yet): retried every 20 s for a few minutes.
+    @task(inlets=list(INTAKES), retries=12, retry_delay=timedelta(seconds=20), retry_exponential_backoff=False)
+    def pick_cloudevents(
+        triggering_asset_events=None, inlet_events=None, dag_run=None, run_id=None
+    ) -> list[dict[str, Any]]:
+        """One download per CloudEvent: of the triggering asset events (unless the watcher recorded
+        the ingest first), or of ``dag_run.conf``."""
+        events = (triggering_asset_events or {}).get(PACIFICA_INGEST, [])
+        if any("cloudevent" in (event.extra or {}) for event in events):
+            return pick_downloads(PACIFICA_INGEST, triggering_asset_events, inlet_events, run_id)
         conf = (dag_run.conf if dag_run else None) or {}
-        if not events and "cloudevent" in conf:
+        if "cloudevent" in conf:
             cloudevent = conf["cloudevent"]
-            events = [json.loads(cloudevent) if isinstance(cloudevent, str) else cloudevent]
-        if not events:
-            raise ValueError("no CloudEvent: expected asset event extra['cloudevent'] or dag_run.conf['cloudevent']")
-        return downloads_for(events, run_id)
+            return downloads_for([json.loads(cloudevent) if isinstance(cloudevent, str) else cloudevent], run_id)
+        raise ValueError("no CloudEvent: expected asset event extra['cloudevent'] or dag_run.conf['cloudevent']")
 
     download_and_summarize(pick_cloudevents())
 

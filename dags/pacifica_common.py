@@ -1,23 +1,52 @@
-"""Steps the example DAGs share: choosing downloads from CloudEvents, and the downstream summary.
+"""Steps the example DAGs share: the intakes' assets, choosing downloads from CloudEvents, the summary.
 
 Imported by ``pacifica_cloudevent_download`` (push: the webhook) and ``pacifica_ingest_watcher``
-(pull: the metadata watcher); it defines no DAG itself.
+(pull: the metadata watcher); it defines no DAG itself. Both DAGs declare the same two assets
+(defined once here, so that every DAG file gives the watched asset the same watcher), and their
+pick steps apply one rule when both intakes record an ingest: the earliest recorded event of its
+id downloads it (:mod:`airflow_provider_pacifica.intake`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, task
+from airflow.sdk import Asset, AssetWatcher, task
+from airflow.sdk.exceptions import AirflowRuntimeError
 
 from airflow_provider_pacifica.batching import manifest_files
 from airflow_provider_pacifica.destinations import destination_for, safe_name
+from airflow_provider_pacifica.intake import RecordedEvent, UndecidedError, decide, ingest_event_id, lookback_start
 from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
+from airflow_provider_pacifica.triggers.ingest import PacificaIngestEventTrigger
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+log = logging.getLogger(__name__)
 
 PACIFICA_DOWNLOADS = Asset(name="pacifica_downloads", uri="pacifica://airflow/downloads")
+# Push: the webhook records each ingest event here (extra["cloudevent"], partition key = event id).
+PACIFICA_INGEST = Asset(name="pacifica_ingest", uri="pacifica://metadata/ingest")
+# Pull: the watcher's trigger polls metadata; Airflow records its events here (extra["payload"]).
+# PACIFICA_WATCHER_POLL_INTERVAL (seconds) is for tests and benchmarks; the trigger's default is 30.
+_POLL = os.environ.get("PACIFICA_WATCHER_POLL_INTERVAL")
+PACIFICA_PULLED = Asset(
+    name="pacifica_ingest_pulled",
+    uri="pacifica://metadata/ingest-pulled",
+    watchers=[
+        AssetWatcher(
+            name="pacifica_metadata_poll",
+            trigger=PacificaIngestEventTrigger(**({"poll_interval": float(_POLL)} if _POLL else {})),
+        )
+    ],
+)
+INTAKES = (PACIFICA_INGEST, PACIFICA_PULLED)
 
 
 def event_id(cloudevent: Any) -> str:
@@ -37,6 +66,65 @@ def downloads_for(cloudevents: list[Any], run_id: str) -> list[dict[str, Any]]:
             name = f"{name}-{index}"  # two events whose ids make the same name: both are kept
         downloads[name] = {"cloudevent": cloudevent, "destination": destination_for(run_id, name)}
     return list(downloads.values())
+
+
+def _recorded(asset: Asset, event: Any) -> RecordedEvent:
+    """An asset event of the Task SDK (a triggering event, or one read through ``inlet_events``)."""
+    runs = tuple((run.dag_id, run.run_id) for run in getattr(event, "created_dagruns", None) or ())
+    return RecordedEvent(asset.name, event.timestamp, ingest_event_id(event.extra), getattr(event, "id", None), runs)
+
+
+def read_events(inlet_events: Any, asset: Asset, after: Any, before: Any) -> list[RecordedEvent]:
+    """The events of ``asset`` recorded in ``[after, before]``, through the execution API."""
+    accessor = inlet_events[asset].after(after.isoformat()).before(before.isoformat())
+    try:
+        return [_recorded(asset, event) for event in accessor]
+    except AirflowRuntimeError as err:
+        # Airflow 3.3.2 answers 500 for a window holding an event of a queued run (no start date
+        # yet, apache/airflow#71360): the winner may be there; a retry reads it once it started.
+        raise UndecidedError(f"the events of {asset.name} from {after} to {before} cannot be read yet: {err}") from err
+
+
+def pick_downloads(
+    own: Asset, triggering_asset_events: Mapping[Any, Any] | None, inlet_events: Any, run_id: str
+) -> list[dict[str, Any]]:
+    """The downloads of this run: one per ingest id among its triggering events on ``own`` that it wins.
+
+    Reads both intakes' events from the ingest's time to this run's latest event and applies
+    :func:`~airflow_provider_pacifica.intake.decide`; an id another event was recorded for first
+    is skipped with a log line naming the event and the winner.
+    """
+    cloudevents: dict[str, Any] = {}
+    mine: list[RecordedEvent] = []
+    after = before = None
+    for event in (triggering_asset_events or {}).get(own, []):
+        extra = event.extra or {}
+        cloudevent = extra.get("cloudevent") or (extra.get("payload") or {}).get("cloudevent")
+        if not cloudevent:
+            continue  # not an ingest event (the watcher DAG's requeue events)
+        recorded = _recorded(own, event)
+        if recorded.event_id is None:  # an event without an id: nothing to dedupe on
+            recorded = RecordedEvent(own.name, event.timestamp, "sha256:" + _digest(cloudevent))
+        mine.append(recorded)
+        cloudevents.setdefault(recorded.event_id, cloudevent)
+        start = lookback_start(cloudevent, event.timestamp)
+        after = start if after is None else min(after, start)
+        before = event.timestamp if before is None else max(before, event.timestamp)
+    if not mine:
+        return []
+    recorded_events = [event for asset in INTAKES for event in read_events(inlet_events, asset, after, before)]
+    picked = []
+    for decision in decide(mine, recorded_events):
+        if decision.download:
+            picked.append(cloudevents[decision.event_id])
+        else:
+            log.info("Skipping %s: %s", decision.event_id, decision.reason)
+    log.info("%d of %d ingest event(s) to download", len(picked), len(cloudevents))
+    return downloads_for(picked, run_id)
+
+
+def _digest(cloudevent: Any) -> str:
+    return hashlib.sha256(json.dumps(cloudevent, sort_keys=True).encode()).hexdigest()
 
 
 def summarize_file(path: Path) -> dict[str, Any]:

@@ -144,9 +144,11 @@ def test_airflow_cli_lists_the_hook(tmp_path):
 
 
 def test_every_queued_ingest_event_gets_its_own_download_directory(dagbag):
+    import datetime as dt
     from types import SimpleNamespace
 
     from airflow_provider_pacifica.destinations import download_root
+    from tests.unit.test_intake import FakeInletEvents
 
     pick = dagbag.dags["pacifica_cloudevent_download"].get_task("pick_cloudevents").python_callable
     ingest, root = pick.__globals__["PACIFICA_INGEST"], download_root()
@@ -155,15 +157,23 @@ def test_every_queued_ingest_event_gets_its_own_download_directory(dagbag):
         return {"cloudEventsVersion": "0.1", "eventID": event_id, "data": files}
 
     queued = [event("ingest.1"), event("ingest.2"), event("ingest.1"), event("a/b"), event("a_b"), event("../..")]
+    now = dt.datetime.now(dt.UTC)
     downloads = pick(
-        triggering_asset_events={ingest: [SimpleNamespace(extra={"cloudevent": e}) for e in queued]}, run_id="r"
+        triggering_asset_events={
+            ingest: [
+                SimpleNamespace(extra={"cloudevent": e}, timestamp=now + dt.timedelta(seconds=i))
+                for i, e in enumerate(queued)
+            ]
+        },
+        inlet_events=FakeInletEvents({}),  # no event of the watcher: each id is the webhook's to download
+        run_id="r",
     )
     assert [d["destination"].removeprefix(f"{root}/r/") for d in downloads] == [
         "ingest.1",  # once: the same event delivered twice
         "ingest.2",
         "a_b",
-        "a_b-4",  # another event whose id makes the same name is kept
-        "event-5",  # nothing usable in the id
+        "a_b-3",  # another event whose id makes the same name is kept
+        "event-4",  # nothing usable in the id
     ]
     assert [d["cloudevent"]["eventID"] for d in downloads] == ["ingest.1", "ingest.2", "a/b", "a_b", "../.."]
 
@@ -174,3 +184,22 @@ def test_a_manual_run_downloads_the_event_in_its_conf_and_nothing_is_an_error(da
     assert [d["cloudevent"]["eventID"] for d in pick(dag_run=conf_run, run_id="r")] == ["e1"]
     with pytest.raises(ValueError, match="no CloudEvent"):
         pick(triggering_asset_events={}, dag_run=None, run_id="r")
+
+
+def test_both_intake_dags_read_both_intakes_and_give_the_watched_asset_one_watcher(dagbag):
+    """Every DAG file declaring the pulled asset declares its watcher alike (no flapping trigger)."""
+    push = dagbag.dags["pacifica_cloudevent_download"].get_task("pick_cloudevents")
+    pull = dagbag.dags["pacifica_ingest_watcher"].get_task("pick_cloudevents")
+    names = {"pacifica_ingest", "pacifica_ingest_pulled"}
+    assert {a.name for a in push.inlets} == {a.name for a in pull.inlets} == names
+    (pushed_view,) = [a for a in push.inlets if a.name == "pacifica_ingest_pulled"]
+    (watched,) = dagbag.dags["pacifica_ingest_watcher"].timetable.asset_condition.objects
+    assert [w.trigger.serialize() for w in pushed_view.watchers] == [w.trigger.serialize() for w in watched.watchers]
+
+
+def test_the_watcher_dag_requeues_stranded_events_only_when_it_finds_some(dagbag):
+    dag = dagbag.dags["pacifica_ingest_watcher"]
+    requeue = dag.get_task("requeue_stranded")
+    assert [a.name for a in requeue.outlets] == ["pacifica_ingest_pulled"]  # queues the asset again
+    assert requeue.upstream_task_ids == {"find_stranded"}  # a short circuit: skipped, it records nothing
+    assert not dag.get_task("pick_cloudevents").outlets
