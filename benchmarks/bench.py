@@ -19,6 +19,9 @@
 7. Intake (``benchmarks/intake.py``): the webhook under a burst of 1,000 events from 16 clients on
    a real api-server with PostgreSQL, and real uploads through the whole real Pacifica to files on
    disk.
+8. Pull intake (``benchmarks/watcher.py``, ``--watcher`` or ``--only-watcher``): upload -> run
+   queued at the watcher's default poll interval, and the triggerer's CPU and metadata's request
+   rate for 50 watched assets.
 
 Writes ``benchmarks/results/results.json``, ``results.md`` and ``results.png`` (``--results``).
 """
@@ -823,6 +826,10 @@ def report(results: dict[str, Any]) -> str:
         from intake import report as intake_report
 
         lines += ["", intake_report(results["intake"])]
+    if results.get("watcher"):
+        from watcher import report as watcher_report
+
+        lines += ["", watcher_report(results["watcher"])]
     return "\n".join(lines) + "\n"
 
 
@@ -960,6 +967,14 @@ def main() -> int:
         action="store_true",
         help="measure only the intake (benchmarks/intake.py), into the results of the last full run",
     )
+    parser.add_argument("--watcher", action="store_true", help="also run benchmarks/watcher.py (about 15 min)")
+    parser.add_argument(
+        "--only-watcher",
+        action="store_true",
+        help="measure only the pull intake (benchmarks/watcher.py), into the results of the last full run",
+    )
+    parser.add_argument("--watcher-uploads", type=int, default=10, help="real uploads timed to their watcher run")
+    parser.add_argument("--watcher-window", type=float, default=120.0, help="seconds each idle cost is measured")
     parser.add_argument(
         "--only-triggers",
         action="store_true",
@@ -1002,6 +1017,16 @@ def run_all(args: argparse.Namespace) -> int:
             else {"carts": []}
         )
         write_results({**previous, "intake": intake}, args.results)
+        return 0
+    if args.only_watcher:  # measured into the last full run's results
+        step("Pull intake: upload -> run at the default poll, and the cost of 50 watchers")
+        watcher = run_watcher(workdir, args)
+        previous = (
+            json.loads((args.results / "results.json").read_text())
+            if (args.results / "results.json").exists()
+            else {"carts": []}
+        )
+        write_results({**previous, "watcher": watcher}, args.results)
         return 0
     if args.only_triggers:  # measured again into the last full run's results
         step(f"Triggerer scale: {args.triggers} CartReadyTriggers in one event loop, 5 s polls")
@@ -1100,6 +1125,9 @@ def run_all(args: argparse.Namespace) -> int:
     if args.intake:
         step("Intake: a webhook burst and real uploads through the whole real Pacifica")
         results["intake"] = run_intake(workdir, args)
+    if args.watcher:
+        step("Pull intake: upload -> run at the default poll, and the cost of 50 watchers")
+        results["watcher"] = run_watcher(workdir, args)
 
     write_results(results, args.results)
     return 0
@@ -1109,6 +1137,12 @@ def run_intake(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from intake import measure_intake  # benchmarks/intake.py, beside this file
 
     return measure_intake(workdir, events=args.intake_events, clients=args.intake_clients, uploads=args.intake_uploads)
+
+
+def run_watcher(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from watcher import measure_watcher  # benchmarks/watcher.py, beside this file
+
+    return measure_watcher(workdir / "watcher", uploads=args.watcher_uploads, window=args.watcher_window)
 
 
 def write_results(results: dict[str, Any], directory: Path) -> None:

@@ -142,6 +142,14 @@ class PacificaStack:
     def upload(self, *sources: Path) -> int:
         return int(run_pacifica_stack("upload", "--workdir", str(self.workdir), *map(str, sources)).stdout.strip())
 
+    def stop_service(self, name: str) -> None:
+        """Stop one HTTP service (e.g. ``metadata``) by its recorded pid: an outage."""
+        run_pacifica_stack("stop-service", "--workdir", str(self.workdir), "--service", name, timeout=120)
+
+    def start_service(self, name: str) -> None:
+        """Start a service :meth:`stop_service` stopped, on its port; returns once it answers."""
+        run_pacifica_stack("start-service", "--workdir", str(self.workdir), "--service", name, timeout=180)
+
 
 @pytest.fixture(scope="session")
 def pacifica_stack(tmp_path_factory):
