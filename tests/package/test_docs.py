@@ -107,9 +107,13 @@ def test_the_connection_and_webhook_pages_list_what_provider_info_declares(html)
         assert f'<span class="pre">{option}</span>' in webhook, option
 
 
-def test_the_watcher_page_says_what_exists_and_what_is_still_to_come(html):
+def test_the_watcher_page_says_what_exists_with_no_still_to_come(html):
     watcher = (html / "watcher.html").read_text()
-    assert "In progress" in watcher
     assert "PacificaIngestEventTrigger" in watcher
     assert "pacifica_metadata" in watcher
-    assert "What is still to come" in watcher
+    for section in ("The example DAG", "Catch-up", "Cost"):
+        assert f"{section}<a class=\"headerlink\"" in watcher, section
+    assert "apache/airflow#56050" in watcher  # stranded events, requeued
+    assert "earliest recorded event" in watcher  # webhook + watcher: one download
+    assert "still to come" not in watcher.lower() and "in progress" not in watcher.lower()
+    assert "airflow_provider_pacifica.intake" in (html / "api" / "core.html").read_text()
