@@ -112,7 +112,7 @@ def test_the_watcher_page_says_what_exists_with_no_still_to_come(html):
     assert "PacificaIngestEventTrigger" in watcher
     assert "pacifica_metadata" in watcher
     for section in ("The example DAG", "Catch-up", "Cost"):
-        assert f"{section}<a class=\"headerlink\"" in watcher, section
+        assert f'{section}<a class="headerlink"' in watcher, section
     assert "apache/airflow#56050" in watcher  # stranded events, requeued
     assert "earliest recorded event" in watcher  # webhook + watcher: one download
     assert "still to come" not in watcher.lower()
