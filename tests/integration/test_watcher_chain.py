@@ -139,24 +139,51 @@ def test_a_metadata_outage_of_a_minute_is_ridden_through_and_caught_up(airflow, 
     assert_downloaded_once(airflow, dict([before, after]), timeout=600)  # the watcher's backoff reaches 48 s
 
 
-def test_a_transaction_that_cannot_be_downloaded_is_skipped_with_its_reason_and_the_watcher_goes_on(
+def test_transactions_that_cannot_be_downloaded_are_skipped_with_their_reason_and_the_watcher_goes_on(
     airflow, pacifica_stack, tmp_path
 ):
-    """A transaction with no files (written to metadata directly: the ingest never makes one)."""
-    txn = 900_001
-    answer = requests.put(
-        f"{pacifica_stack.metadata_url}/transactions",
-        json=[{"_id": txn, "submitter": 10, "project": "1234a", "instrument": 54}],
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
-    wait_for(lambda: f"Skipping transaction {txn}" in triggerer_log(airflow), 120, "the skip", airflow)
-    (line,) = [line for line in triggerer_log(airflow).splitlines() if f"Skipping transaction {txn}" in line]
-    assert "no files" in line
-    good = upload(pacifica_stack, tmp_path, "after-a-bad-one")
+    """Written to metadata directly (the ingest never makes them): one without files, one whose
+    file has no hash. The triggerer is stopped meanwhile, so the watcher never sees one half-written."""
+    no_files, no_hash = 900_001, 900_002
+    records = {
+        "transactions": [{"_id": txn} for txn in (no_files, no_hash)],
+        # What transaction info reads the submitter, project and instrument from (404 without it).
+        "transsip": [
+            {"_id": txn, "submitter": 10, "project": "1234a", "instrument": 54} for txn in (no_files, no_hash)
+        ],
+        "files": [
+            {
+                "_id": 900_100,
+                "name": "nohash.txt",
+                "subdir": "",
+                "transaction": no_hash,
+                "size": 5,
+                "hashtype": "sha1",
+                "hashsum": "",
+                "mimetype": "text/plain",
+            }
+        ],
+    }
+    airflow.stop_component("triggerer")
+    try:
+        for table, rows in records.items():
+            answer = requests.put(f"{pacifica_stack.metadata_url}/{table}", json=rows, timeout=30)
+            assert answer.status_code == 200, answer.text
+    finally:
+        airflow.restart_component("triggerer")
+    good = upload(pacifica_stack, tmp_path, "after-bad-ones")
     assert_downloaded_once(airflow, dict([good]))
-    assert download_dirs(airflow, f"metadata.ingest.{txn}") == []
-    assert triggerer_log(airflow).count(f"Skipping transaction {txn}") == 1  # skipped once, not retried
+    skipped = {
+        txn: [line for line in triggerer_log(airflow).splitlines() if f"Skipping transaction {txn}:" in line]
+        for txn in (no_files, no_hash)
+    }
+    assert len(skipped[no_files]) == 1  # skipped once, not retried
+    assert f"cannot be downloaded: transaction {no_files} has no files" in skipped[no_files][0]
+    assert len(skipped[no_hash]) == 1
+    assert "cannot be downloaded" in skipped[no_hash][0]
+    assert "has no hashsum" in skipped[no_hash][0]
+    assert download_dirs(airflow, f"metadata.ingest.{no_files}") == []
+    assert download_dirs(airflow, f"metadata.ingest.{no_hash}") == []
 
 
 def test_with_the_webhook_on_too_each_ingest_is_downloaded_once_and_the_other_run_names_the_winner(
