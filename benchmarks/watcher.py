@@ -7,8 +7,9 @@ Run by ``scripts/benchmark --only-watcher`` (or ``--watcher`` in a full run), or
 to the real metadata (``tests/faultproxy.py``, forwarding only).
 
 1. **Latency.** ``pacifica_ingest_watcher`` unpaused, its trigger at its default 30 s poll
-   interval. ``uploads`` uploads through the real ingest, one after the other, each waited for
-   until the asset event and the run it started exist: upload start -> ingest job done, ->
+   interval. ``uploads`` uploads through the real ingest, one after the other, each started at a
+   random point of the poll cycle and waited for until the asset event and the run it started
+   exist: upload start -> ingest job done, ->
    asset event recorded, -> DAG run queued (server times: the event's ``timestamp``, the run's
    ``queued_at``). p50 and p99 over the uploads (the poll phase makes them spread over 0-30 s).
 2. **Cost.** Idle (no uploads), for ``window`` seconds each: the triggerer's CPU seconds per
@@ -25,9 +26,11 @@ to the real metadata (``tests/faultproxy.py``, forwarding only).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -41,6 +44,7 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the tests' Airflow launcher and counting proxy
 
+from airflow_provider_pacifica.triggers.ingest import PacificaIngestEventTrigger  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
 from tests.integration.airflow_stack import AirflowStack, start_airflow  # noqa: E402
 
@@ -48,6 +52,8 @@ PACIFICA_STACK = REPO / "scripts" / "pacifica-stack"
 WATCHER_DAG = "pacifica_ingest_watcher"
 PULLED_URI = "pacifica://metadata/ingest-pulled"
 WATCHED = 50
+# The trigger's default poll interval, which the example DAG keeps (no PACIFICA_WATCHER_POLL_INTERVAL here).
+POLL_INTERVAL = float(inspect.signature(PacificaIngestEventTrigger).parameters["poll_interval"].default)
 BENCH_DAGS = """
 from airflow.sdk import Asset, AssetAny, AssetWatcher, dag, task
 
@@ -116,7 +122,7 @@ def measure_watcher(workdir: Path, *, uploads: int = 10, window: float = 120.0) 
         )
         for dag_id in (WATCHER_DAG, "bench_watch_1", f"bench_watch_{WATCHED}"):
             wait(lambda d=dag_id: airflow.api("GET", f"/api/v2/dags/{d}").status_code == 200, 120, dag_id)
-        result: dict[str, Any] = {"poll_interval_s": 30.0, "watched": WATCHED}
+        result: dict[str, Any] = {"poll_interval_s": POLL_INTERVAL, "watched": WATCHED}
         result["latency"] = measure_latency(airflow, stack_dir, workdir / "uploads", uploads)
         set_paused(airflow, WATCHER_DAG, True)
         result["cost"] = measure_cost(airflow, proxy, window)
@@ -139,10 +145,14 @@ def measure_latency(airflow: AirflowStack, stack_dir: Path, sources: Path, count
     asset = wait(lambda: asset_id(airflow, PULLED_URI), 60, "the watched asset")
     shutil.rmtree(sources, ignore_errors=True)
     samples = []
+    pacing = random.Random(11)
     for index in range(count):
         root = sources / f"upload-{index}"
         root.mkdir(parents=True)
         (root / "readme.txt").write_text(f"upload {index}\n")
+        # Each upload at a random point of the poll cycle: started right after the previous run
+        # was queued (just after a poll), every upload would wait nearly a whole interval.
+        time.sleep(pacing.uniform(0, POLL_INTERVAL))
         began = time.time()
         upload = subprocess.run(
             [sys.executable, str(PACIFICA_STACK), "upload", "--workdir", str(stack_dir), str(root)],
