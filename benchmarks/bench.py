@@ -1001,6 +1001,16 @@ def run_all(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["AIRFLOW_HOME"] = str(workdir / "airflow-home")
+    if args.only_watcher:  # measured into the last full run's results (needs neither curl nor the old library)
+        step("Pull intake: upload -> run at the default poll, and the cost of 50 watchers")
+        watcher = run_watcher(workdir, args)
+        previous = (
+            json.loads((args.results / "results.json").read_text())
+            if (args.results / "results.json").exists()
+            else {"carts": []}
+        )
+        write_results({**previous, "watcher": watcher}, args.results)
+        return 0
     if args.old_library and not (OLD_VENV / "bin" / "python").exists():
         step(f"Installing {OLD_PIN} into its own venv")
         subprocess.run([sys.executable, "-m", "venv", str(OLD_VENV)], check=True)
@@ -1017,16 +1027,6 @@ def run_all(args: argparse.Namespace) -> int:
             else {"carts": []}
         )
         write_results({**previous, "intake": intake}, args.results)
-        return 0
-    if args.only_watcher:  # measured into the last full run's results
-        step("Pull intake: upload -> run at the default poll, and the cost of 50 watchers")
-        watcher = run_watcher(workdir, args)
-        previous = (
-            json.loads((args.results / "results.json").read_text())
-            if (args.results / "results.json").exists()
-            else {"carts": []}
-        )
-        write_results({**previous, "watcher": watcher}, args.results)
         return 0
     if args.only_triggers:  # measured again into the last full run's results
         step(f"Triggerer scale: {args.triggers} CartReadyTriggers in one event loop, 5 s polls")
