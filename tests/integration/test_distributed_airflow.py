@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -146,22 +147,36 @@ def log_text(cluster: DistributedAirflow, worker: str, run_id: str, task_id: str
 # -- (a) the webhook's dedupe across two api-servers --------------------------------------------
 
 
+def deliver_at_once(cluster: DistributedAirflow, event: dict, servers: list[int]) -> list[requests.Response]:
+    """POST ``event`` once per entry of ``servers`` (api-server 0 or 1), all threads released together."""
+    barrier = threading.Barrier(len(servers))
+
+    def deliver(server: int) -> requests.Response:
+        barrier.wait(60)
+        return notify(cluster, event, server)
+
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        return list(pool.map(deliver, servers))
+
+
 def test_concurrent_redeliveries_over_two_api_servers_record_one_asset_event_per_event_id(cluster, cartd_stack):
     events = [ingest_event(cartd_stack, {"readme.txt": f"event {n}\n".encode()}) for n in range(20)]
-    deliveries = [(event, n % 2) for event in events for n in range(5)]  # 5 deliveries each, both servers
-    random.Random(12).shuffle(deliveries)
+    # Each event 5 times at the same instant, over both api-servers (3 + 2, alternating): each
+    # server serialises its own requests, so only a lock across processes keeps these apart.
+    deliveries = [(event, [(n + k) % 2 for k in range(5)]) for n, event in enumerate(events)]
     set_paused(cluster, True)  # the events are recorded, but start no run (their files are not the point here)
     try:
-        with ThreadPoolExecutor(max_workers=25) as pool:
-            answers = list(pool.map(lambda delivery: notify(cluster, *delivery), deliveries))
+        with ThreadPoolExecutor(max_workers=2) as waves:  # two events in flight at a time: 10 threads
+            answers = list(waves.map(lambda delivery: deliver_at_once(cluster, *delivery), deliveries))
     finally:
         set_paused(cluster, False)
 
     outcomes: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
-    for (event, server), answer in zip(deliveries, answers, strict=True):
-        assert answer.status_code in (200, 201), f"api-server {server}: {answer.status_code} {answer.text}"
-        body = answer.json()
-        outcomes[event["eventID"]].append((answer.status_code, body["status"], body["asset_event_id"]))
+    for (event, servers), wave in zip(deliveries, answers, strict=True):
+        for server, answer in zip(servers, wave, strict=True):
+            assert answer.status_code in (200, 201), f"api-server {server}: {answer.status_code} {answer.text}"
+            body = answer.json()
+            outcomes[event["eventID"]].append((answer.status_code, body["status"], body["asset_event_id"]))
     for event in events:
         seen = outcomes[event["eventID"]]
         assert sorted(status for _, status, _ in seen) == ["duplicate"] * 4 + ["recorded"], seen
