@@ -246,7 +246,7 @@ class PacificaDownloadOperator(BaseOperator):
             if present is not None:
                 # A retry after the files were published (e.g. the XCom push failed): no second download.
                 self.log.info(
-                    "All %d file(s) are already in %s with the right hashes; not downloading",
+                    "All %d file(s) are already published in %s, verified; not downloading",
                     len(files),
                     target,
                 )
