@@ -1,5 +1,11 @@
 """Where a download goes: a local directory or object storage, from what the user gave.
 
+The example DAGs' download root comes from ONE place that the dag-processor and the workers
+agree on, read on the worker when a task runs: the provider option ``[pacifica] download_root``
+(env ``AIRFLOW__PACIFICA__DOWNLOAD_ROOT``: an absolute path, or a URL such as ``s3://bucket/prefix``
+opened with the connection ``[pacifica] download_conn_id``), else ``$PACIFICA_DOWNLOAD_ROOT``,
+else ``$AIRFLOW_HOME/pacifica-downloads`` (:func:`download_destination`).
+
 A destination is an absolute local path (``str`` or ``os.PathLike``) or an
 ``airflow.sdk.ObjectStoragePath`` (``ObjectStoragePath("s3://bucket/prefix", conn_id="aws_s3")``,
 any fsspec backend Airflow has registered; a ``file://`` one is a local path). A relative path
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_pacifica.destinations import download_root, safe_name
 from airflow_provider_pacifica.exceptions import InvalidInputError
 from airflow_provider_pacifica.extraction import verify_published
 from airflow_provider_pacifica.objectstore import object_url, store_root, verify_published_objects
@@ -22,6 +29,7 @@ from airflow_provider_pacifica.objectstore import object_url, store_root, verify
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from airflow.sdk import ObjectStoragePath
     from fsspec import AbstractFileSystem
 
     from airflow_provider_pacifica.cloudevents import CartFile
@@ -110,3 +118,35 @@ def _is_object_storage_path(value: Any) -> bool:
     except ImportError:  # pragma: no cover - the provider always runs with Airflow
         return False
     return isinstance(value, ObjectStoragePath)
+
+
+def configured_download_root() -> str | ObjectStoragePath:
+    """The download root of the example DAGs (see the module's doc), read now, on the worker.
+
+    :raises InvalidInputError: ``[pacifica] download_root`` is a relative path.
+    """
+    from airflow.sdk import ObjectStoragePath, conf
+
+    root = (conf.get("pacifica", "download_root", fallback="") or "").strip()
+    if not root:
+        return download_root()
+    if _URL.match(root):
+        conn_id = (conf.get("pacifica", "download_conn_id", fallback="") or "").strip() or None
+        destination = ObjectStoragePath(root, conn_id=conn_id)
+        if destination.protocol not in LOCAL_PROTOCOLS:
+            return destination
+        root = destination.path
+    expanded = os.path.expanduser(root)
+    if not os.path.isabs(expanded):
+        raise InvalidInputError(f"[pacifica] download_root {root!r} is a relative path; give an absolute path or a URL")
+    return os.path.abspath(expanded)
+
+
+def download_destination(*parts: object) -> str | ObjectStoragePath:
+    """``<download root>/<safe part>/<safe part>...``: a local path, or an ``ObjectStoragePath``
+    (with the root's connection) when the root is a URL."""
+    root = configured_download_root()
+    names = [safe_name(part) for part in parts]
+    if isinstance(root, str):
+        return os.path.join(root, *names)
+    return root.joinpath(*names)

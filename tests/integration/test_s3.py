@@ -165,3 +165,24 @@ def test_relative_paths_and_url_strings_fail_the_task_at_once(cartd_stack, hook,
 
 def test_manifest_names_are_the_original_cart_uid(s3_stack):
     assert manifest_path("bucket/p", "abc-r1") == "bucket/p/.pacifica-manifest-abc-r1.json"
+
+
+def test_the_example_dag_downloads_to_the_configured_s3_root_and_summarizes_from_it(
+    cartd_stack, hook, s3_stack, s3_connection, airflow_db, monkeypatch, capfd, prefix
+):
+    from airflow_provider_pacifica.destinations import safe_name
+    from tests.integration.test_download_dag import TEXT_FILES, ingest_event, load_dag, task_states
+
+    monkeypatch.setenv("AIRFLOW__PACIFICA__DOWNLOAD_ROOT", s3_stack.url(prefix))
+    monkeypatch.setenv("AIRFLOW__PACIFICA__DOWNLOAD_CONN_ID", s3_connection)
+    event = ingest_event(cartd_stack, TEXT_FILES)
+
+    dag_run = load_dag("pacifica_cloudevent_download").test(run_conf={"cloudevent": event})
+
+    assert task_states(dag_run) == {"pick_cloudevents": "success", "download": "success", "summarize": "success"}
+    base = f"{prefix}/{safe_name(dag_run.run_id)}/{event['eventID']}"
+    client = s3_stack.client()
+    for path, data in TEXT_FILES.items():
+        assert client.get_object(Bucket=s3_stack.bucket, Key=f"{base}/{path}")["Body"].read() == data
+    output = capfd.readouterr().out
+    assert f"Total: 3 files, {sum(map(len, TEXT_FILES.values()))} bytes" in output
