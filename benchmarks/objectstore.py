@@ -252,8 +252,9 @@ def report(results: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for method, row in results["methods"].items():
+        name = method.replace("|", "\\|")
         lines.append(
-            f"| {method} | {row['mb_per_s']:.0f} | {row['median_seconds']:.2f} | {row['cpu_seconds']:.2f} | "
+            f"| {name} | {row['mb_per_s']:.0f} | {row['median_seconds']:.2f} | {row['cpu_seconds']:.2f} | "
             f"{row['speed_vs_curl_tar']:.2f} | {row['speed_vs_curl_s5cmd']:.2f} | {row['runs']} |"
         )
     lines += [
