@@ -7,7 +7,7 @@ triggerer: it polls pacifica-metadata (connection ``pacifica_metadata_default``)
 newer than its cursor (kept in the asset's state store, so a triggerer restart catches up) and
 records one asset event per transaction, carrying the CloudEvent metadata itself emits on ingest
 in ``extra["payload"]["cloudevent"]``. Each event starts this DAG, which downloads like
-``pacifica_cloudevent_download`` (``pacifica_cartd_default``, ``$PACIFICA_DOWNLOAD_ROOT``) and
+``pacifica_cloudevent_download`` (``pacifica_cartd_default``, ``[pacifica] download_root``) and
 summarizes the files.
 
 **Paused when created** (opt-in): unpause it to turn the pull intake on; a paused DAG's watcher

@@ -1,0 +1,305 @@
+"""Verified downloads into object storage (S3 and any other fsspec filesystem).
+
+Plain Python, no Airflow import: it takes an fsspec filesystem and a root path in it
+(``bucket/prefix`` for S3). The members of the cart's tar are checked, hashed and verified by the
+same loop as local downloads (:func:`~airflow_provider_pacifica.extraction.stream_verified_files`);
+this module only decides where the bytes go:
+
+* each file is streamed straight into the store, in parts of ``part_size`` bytes (8 MiB: S3's
+  multipart minimum is 5 MiB; s3fs's default 50 MiB buffer would cost ~150 MiB of memory), so
+  memory stays flat whatever the file and cart sizes;
+* files are written under a staging prefix named from the cart uid
+  (``<root>/.pacifica-staging-<key>/``) and copied into place only when every one is verified.
+  A staging prefix rather than holding back each file's CompleteMultipartUpload: it works on any
+  fsspec backend (GCS, Azure, ...), not just S3; a killed attempt's leftovers are found by their
+  name (an orphaned multipart upload cannot be told from another writer's); and S3 copies are
+  server-side, no byte passes through the worker again;
+* the manifest object ``<root>/.pacifica-manifest-<cart uid>.json`` is written LAST: it is the
+  commit marker. A download without it did not finish, whatever objects it left;
+* on any failure what was written is removed (staging objects, the multipart upload in flight,
+  objects already copied into place that were not there before);
+* a retry finds the committed manifest, checks the objects still exist with the right sizes, and
+  does not download again (:func:`verify_published_objects`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_pacifica.exceptions import DestinationWriteError, InvalidInputError
+from airflow_provider_pacifica.extraction import ExtractedFile, stream_verified_files
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from fsspec import AbstractFileSystem
+
+    from airflow_provider_pacifica.cloudevents import CartFile
+    from airflow_provider_pacifica.extraction import Progress
+    from airflow_provider_pacifica.tarstream import Readable
+
+PART_SIZE = 8 << 20
+MIN_PART_SIZE = 5 << 20  # S3 refuses smaller parts (but the last)
+MANIFEST_PREFIX = ".pacifica-manifest-"
+STAGING_PREFIX = ".pacifica-staging-"
+MANIFEST_FORMAT = 1
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+log = logging.getLogger(__name__)
+
+
+def store_root(fs: AbstractFileSystem, root: str) -> str:
+    """``root`` as ``fs`` names it (no protocol, no trailing ``/``); refuses an empty one."""
+    path = fs._strip_protocol(str(root)).rstrip("/")
+    if not path:
+        raise InvalidInputError(f"object storage destination {root!r} names no bucket or path")
+    return path
+
+
+def object_url(fs: AbstractFileSystem, path: str) -> str:
+    """The URL of ``path`` in ``fs`` (``s3://bucket/key``), what ``ObjectStoragePath`` opens."""
+    return fs.unstrip_protocol(path)
+
+
+def manifest_path(root: str, cart_key: str) -> str:
+    """Where the manifest (commit marker) of the download keyed ``cart_key`` lives under ``root``."""
+    name = _UNSAFE.sub("_", cart_key).strip("._")[:150] or "unkeyed"
+    return f"{root}/{MANIFEST_PREFIX}{name}.json"
+
+
+def staging_path(root: str, cart_key: str) -> str:
+    """The staging prefix of the download keyed ``cart_key`` (the same for every attempt)."""
+    key = hashlib.sha256(cart_key.encode()).hexdigest()[:16] if cart_key else "unkeyed"
+    return f"{root}/{STAGING_PREFIX}{key}"
+
+
+class _StoreSink:
+    """Files under the staging prefix: one buffered fsspec file per member, parts of ``part_size``."""
+
+    def __init__(self, fs: AbstractFileSystem, staging: str, part_size: int) -> None:
+        self.where = f"into {object_url(fs, staging)}"
+        self._fs = fs
+        self._staging = staging
+        self._part_size = part_size
+        self._opened: set[str] = set()
+
+    def open(self, relative: str) -> Any:
+        if relative in self._opened:  # an object store would silently overwrite it
+            raise FileExistsError(17, "file exists", relative)
+        self._opened.add(relative)
+        try:
+            return self._fs.open(f"{self._staging}/{relative}", "wb", block_size=self._part_size)
+        except OSError:
+            raise
+        except Exception as err:  # botocore's and aiohttp's errors are not all OSErrors
+            raise DestinationWriteError(f"{type(err).__name__}: {err}") from err
+
+    def write(self, handle: Any, chunk: memoryview) -> None:
+        try:
+            handle.write(chunk)  # uploads a part whenever part_size bytes are buffered
+        except OSError:
+            raise
+        except Exception as err:
+            raise DestinationWriteError(f"{type(err).__name__}: {err}") from err
+
+    def close(self, handle: Any) -> None:
+        try:
+            handle.close()  # the last part, and CompleteMultipartUpload (or one PUT for a small file)
+        except OSError:
+            raise
+        except Exception as err:
+            raise DestinationWriteError(f"{type(err).__name__}: {err}") from err
+
+    def discard(self, handle: Any) -> None:
+        discard = getattr(handle, "discard", None)
+        if discard is not None:  # fsspec's buffered files: s3fs aborts the multipart upload
+            discard()
+            handle.closed = True  # never completed by a later close() (or __del__)
+        else:
+            handle.close()  # the staging prefix is removed whole
+
+
+def download_to_store(
+    stream: Readable,
+    files: Sequence[CartFile],
+    fs: AbstractFileSystem,
+    root: str,
+    top_dir: str,
+    *,
+    cart_key: str,
+    conn_id: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_interval: float = 5.0,
+    part_size: int = PART_SIZE,
+) -> list[ExtractedFile]:
+    """Read a cart tar from ``stream`` and publish the verified ``files`` under ``root`` in ``fs``.
+
+    :param stream: a binary file object read sequentially (e.g. ``response.raw``).
+    :param files: the requested files; each lands at ``<root>/<path>``.
+    :param fs: the fsspec filesystem (``ObjectStoragePath(...).fs``).
+    :param root: the destination in ``fs``: ``bucket/prefix`` or ``s3://bucket/prefix``.
+    :param top_dir: the tar's top directory (see :func:`~airflow_provider_pacifica.extraction.extract_cart`).
+    :param cart_key: names the staging prefix and the manifest: the same for every attempt of
+        one download (the original cart uid). A killed attempt's staging is removed first.
+    :param conn_id: the Airflow connection of the store, recorded in the manifest for readers.
+    :param on_progress: called with a :class:`~airflow_provider_pacifica.extraction.Progress`
+        every ``progress_interval`` seconds and at the end.
+    :param part_size: bytes buffered per uploaded part (at least 5 MiB, S3's minimum).
+    :raises UnsafeMemberError: a member that must not be extracted.
+    :raises VerificationError: wrong size or hash, or a requested file did not arrive.
+    :raises StreamError: the stream ended early or is not a tar.
+    :raises DestinationWriteError: the store refused a write, a copy or the manifest.
+    """
+    if part_size < MIN_PART_SIZE:
+        raise InvalidInputError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum), got {part_size}")
+    if not cart_key:
+        raise InvalidInputError("cart_key must name the download (the cart uid)")
+    root = store_root(fs, root)
+    staging = staging_path(root, cart_key)
+    remove_stale_staging(fs, staging)
+    copied: list[str] = []
+    published = False
+    try:
+        extracted = stream_verified_files(
+            stream,
+            files,
+            top_dir,
+            _StoreSink(fs, staging, part_size),
+            on_progress=on_progress,
+            progress_interval=progress_interval,
+        )
+        _publish(fs, staging, root, extracted, copied)
+        write_manifest(fs, root, cart_key, extracted, conn_id)
+        published = True
+        return extracted
+    finally:
+        with contextlib.suppress(Exception):  # nothing may hide the outcome; a later attempt retries this
+            if not published:
+                _remove(fs, root, copied)
+            _remove_prefix(fs, staging)
+
+
+def _publish(
+    fs: AbstractFileSystem, staging: str, root: str, extracted: Sequence[ExtractedFile], copied: list[str]
+) -> None:
+    """Copy every verified object from the staging prefix into place (server-side on S3).
+
+    Objects that were not there before are recorded in ``copied``, so that a failure midway
+    removes them again; one that replaced an earlier object stays (its old content is gone).
+    """
+    fs.invalidate_cache(root)
+    existing = set(fs.find(root)) if fs.exists(root) else set()
+    sources = [f"{staging}/{file.path}" for file in extracted]
+    targets = [f"{root}/{file.path}" for file in extracted]
+    copied.extend(target for target in targets if target not in existing)
+    try:
+        fs.copy(sources, targets)  # s3fs copies concurrently, in batches
+    except Exception as err:
+        raise DestinationWriteError(
+            f"could not copy the verified files into {object_url(fs, root)}: {type(err).__name__}: {err}; "
+            "the files it had added were removed"
+        ) from err
+
+
+def write_manifest(
+    fs: AbstractFileSystem, root: str, cart_key: str, extracted: Sequence[ExtractedFile], conn_id: str | None
+) -> str:
+    """Write the commit marker: the manifest object listing every published file with its URL."""
+    path = manifest_path(root, cart_key)
+    document = {
+        "format": MANIFEST_FORMAT,
+        "cart": cart_key,
+        "destination": object_url(fs, root),
+        "conn_id": conn_id,
+        "files": [{**file.to_dict(), "url": object_url(fs, f"{root}/{file.path}")} for file in extracted],
+    }
+    try:
+        fs.pipe_file(path, json.dumps(document, ensure_ascii=False).encode())
+    except Exception as err:
+        raise DestinationWriteError(
+            f"could not write the manifest {object_url(fs, path)}: {type(err).__name__}: {err}; nothing was published"
+        ) from err
+    return path
+
+
+def verify_published_objects(
+    fs: AbstractFileSystem, root: str, files: Sequence[CartFile], cart_key: str
+) -> list[ExtractedFile] | None:
+    """The files if a finished download of ``cart_key`` published them all under ``root``, else None.
+
+    Its manifest must list exactly these files with the same hashes, and each object must still
+    exist with the right size (nothing is read back: the manifest attests the hashes were verified
+    when the objects were written).
+    """
+    root = store_root(fs, root)
+    fs.invalidate_cache(root)
+    try:
+        document = json.loads(fs.cat_file(manifest_path(root, cart_key)))
+        listed = {entry["path"]: entry for entry in document["files"]}
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    if len(listed) != len(files):
+        return None
+    for file in files:
+        entry = listed.get(file.path)
+        if (
+            entry is None
+            or entry.get("hashtype") != file.hashtype
+            or entry.get("hashsum") != file.hashsum
+            or (file.size is not None and entry.get("size") != file.size)
+        ):
+            return None
+    present = fs.find(root, detail=True)
+    verified = []
+    for file in files:
+        entry = listed[file.path]
+        info = present.get(f"{root}/{file.path}")
+        if info is None or info.get("type") != "file" or info.get("size") != entry["size"]:
+            return None
+        verified.append(ExtractedFile(file.id, file.path, int(entry["size"]), file.hashtype, file.hashsum))
+    return verified
+
+
+def remove_stale_staging(fs: AbstractFileSystem, staging: str) -> None:
+    """Remove what a killed attempt left under ``staging``: its objects and its multipart uploads."""
+    _abort_multipart_uploads(fs, staging)
+    fs.invalidate_cache(staging)
+    if fs.exists(staging):
+        log.info("Removing the staging %s of an earlier attempt", object_url(fs, staging))
+        _remove_prefix(fs, staging)
+
+
+def _abort_multipart_uploads(fs: AbstractFileSystem, prefix: str) -> None:
+    """Abort the unfinished multipart uploads under ``prefix`` (S3 only: other stores have none)."""
+    call_s3 = getattr(fs, "call_s3", None)
+    if call_s3 is None:
+        return
+    bucket, key, _ = fs.split_path(prefix)
+    answer = call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{key}/")
+    for upload in answer.get("Uploads") or []:
+        if upload.get("Key", "").startswith(f"{key}/"):  # a store may ignore Prefix
+            fs.abort_mpu(bucket, upload["Key"], upload["UploadId"])
+
+
+def _remove_prefix(fs: AbstractFileSystem, prefix: str) -> None:
+    fs.invalidate_cache(prefix)
+    found = fs.find(prefix)
+    if found:
+        fs.rm(found)
+    fs.invalidate_cache(prefix)
+
+
+def _remove(fs: AbstractFileSystem, root: str, paths: list[str]) -> None:
+    """Remove those of ``paths`` that exist (one listing, not one request per path)."""
+    if not paths:
+        return
+    fs.invalidate_cache(root)
+    present = set(fs.find(root)).intersection(paths)
+    if present:
+        fs.rm(sorted(present))
+    fs.invalidate_cache(root)
