@@ -3,10 +3,11 @@ two api-servers (tests/integration/distributed_airflow.py), with the real Cartd 
 
 * the webhook records one asset event per event id under concurrent redeliveries spread over
   both api-servers;
-* the example DAG downloads on one worker (the data mover: a cluster policy routes
-  ``PacificaDownloadOperator`` tasks to its queue) and ``summarize`` reads the files on the other;
+* the example DAG downloads into S3 (the real SeaweedFS of scripts/s3-stack, ``[pacifica]
+  download_root`` / ``download_conn_id``) on one worker (the data mover: a cluster policy routes
+  ``PacificaDownloadOperator`` tasks to its queue) and ``summarize`` reads the objects on the other;
 * a worker SIGKILLed in the middle of a download: the retry runs on the other worker, reuses the
-  cart, publishes once and removes the dead attempt's staging.
+  cart, publishes once, and leaves no staging object nor multipart upload of the dead attempt.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import json
 import random
 import threading
 import time
-from collections import Counter, defaultdict
+import uuid
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from airflow_provider_pacifica.destinations import safe_name
+from airflow_provider_pacifica.objectstore import MANIFEST_PREFIX, STAGING_PREFIX
 from tests.faultproxy import FaultProxy
 from tests.integration.distributed_airflow import (
     DEFAULT_QUEUE,
@@ -53,7 +55,13 @@ def proxy(cartd_stack):
 
 
 @pytest.fixture(scope="module")
-def cluster(cartd_stack, proxy, tmp_path_factory):
+def root(s3_stack) -> str:
+    """The download root's prefix in the bucket (one per module run)."""
+    return f"distributed-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def cluster(cartd_stack, proxy, s3_stack, root, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("distributed-airflow")
     cartd = urlsplit(proxy.url)
     cluster = start_distributed_airflow(
@@ -65,7 +73,10 @@ def cluster(cartd_stack, proxy, tmp_path_factory):
             "AIRFLOW_CONN_PACIFICA_WEBHOOK_DEFAULT": json.dumps(
                 {"conn_type": "generic", "login": WEBHOOK_AUTH[0], "password": WEBHOOK_AUTH[1]}
             ),
-            "PACIFICA_DOWNLOAD_ROOT": str(workdir / "shared-downloads"),  # what both workers see
+            # The one place the dag-processor and the workers agree on: storage both workers reach.
+            "AIRFLOW__PACIFICA__DOWNLOAD_ROOT": s3_stack.url(root),
+            "AIRFLOW__PACIFICA__DOWNLOAD_CONN_ID": "aws_s3",
+            "AIRFLOW_CONN_AWS_S3": s3_stack.connection_json(),
         },
         worker_queues={MOVER: [DOWNLOAD_QUEUE], OTHER: [DEFAULT_QUEUE]},
         routes={"PacificaDownloadOperator": DOWNLOAD_QUEUE},
@@ -136,8 +147,9 @@ def tries(cluster: DistributedAirflow, run_id: str, task_id: str) -> list[dict]:
     return sorted(cluster.get(path)["task_instances"], key=lambda ti: ti["try_number"])
 
 
-def staging_dirs(destination: Path) -> list[Path]:
-    return sorted(destination.parent.glob(f".{destination.name}.pacifica-staging-*"))
+def keys_of(s3_stack, prefix: str) -> list[str]:
+    """The object keys under ``prefix/``, relative to it."""
+    return [key.removeprefix(f"{prefix}/") for key in s3_stack.keys(f"{prefix}/")]
 
 
 def log_text(cluster: DistributedAirflow, worker: str, run_id: str, task_id: str) -> str:
@@ -195,7 +207,9 @@ def test_concurrent_redeliveries_over_two_api_servers_record_one_asset_event_per
 # -- (b) a download on one worker, read on the other --------------------------------------------
 
 
-def test_the_example_dag_downloads_on_the_data_mover_and_summarizes_on_the_other_worker(cluster, cartd_stack):
+def test_the_example_dag_downloads_to_s3_on_the_data_mover_and_summarizes_on_the_other_worker(
+    cluster, cartd_stack, s3_stack, root
+):
     event = ingest_event(cartd_stack, TEXT_FILES)
     answer = notify(cluster, event, server=1)
     assert answer.status_code == 201, answer.text
@@ -205,7 +219,11 @@ def test_the_example_dag_downloads_on_the_data_mover_and_summarizes_on_the_other
     download, summarize = task_instance(cluster, run_id, "download"), task_instance(cluster, run_id, "summarize")
     assert (download["hostname"], download["queue"]) == (MOVER, DOWNLOAD_QUEUE)
     assert (summarize["hostname"], summarize["queue"]) == (OTHER, DEFAULT_QUEUE)
-    # Each worker kept its own task logs: the summary was computed on the other worker, from the files.
+    prefix = f"{root}/{safe_name(run_id)}/{safe_name(event['eventID'])}"
+    client = s3_stack.client()
+    for path, data in TEXT_FILES.items():
+        assert client.get_object(Bucket=s3_stack.bucket, Key=f"{prefix}/{path}")["Body"].read() == data
+    # Each worker keeps its own task logs: the summary was computed on the other worker, from the objects.
     summary = log_text(cluster, OTHER, run_id, "summarize")
     total = sum(len(data) for data in TEXT_FILES.values())
     assert f"Total: {len(TEXT_FILES)} files, {total} bytes" in summary
@@ -220,7 +238,7 @@ def test_the_example_dag_downloads_on_the_data_mover_and_summarizes_on_the_other
 
 
 def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_cart_and_publishes_once(
-    cluster, cartd_stack, proxy
+    cluster, cartd_stack, proxy, s3_stack, root
 ):
     # Both workers serve both queues now: the download may start on either.
     cluster.consume(MOVER, DEFAULT_QUEUE)
@@ -229,10 +247,10 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     contents = {f"big/part-{n}.bin": rng.randbytes(512 * 1024) for n in range(3)}
     event = ingest_event(cartd_stack, contents)
     seen_before = len(proxy.seen)
-    proxy.hold_next_download(after=700_000)  # the first download stops in its second file
+    proxy.hold_next_download(after=1_200_000)  # the first download stops in its third file
     assert notify(cluster, event, server=0).status_code == 201
     run_id = run_of(cluster, event["eventID"])
-    destination = Path(cluster.airflow.env["PACIFICA_DOWNLOAD_ROOT"]) / safe_name(run_id) / safe_name(event["eventID"])
+    prefix = f"{root}/{safe_name(run_id)}/{safe_name(event['eventID'])}"
 
     assert proxy.holding.wait(240), f"the download never started\n{cluster.log_tail()}"
     running = wait_for(
@@ -243,10 +261,16 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     )
     victim = running["hostname"]
     survivor = OTHER if victim == MOVER else MOVER
-    wait_for(lambda: staging_dirs(destination), 30, "the download's staging directory", cluster)
+    staged = wait_for(
+        lambda: [key for key in keys_of(s3_stack, prefix) if key.startswith(STAGING_PREFIX)],
+        60,
+        "the first files in the download's staging prefix",
+        cluster,
+    )
     killed = cluster.kill_worker(victim)
     proxy.release()
     assert len(killed) >= 3, f"the worker, its pool and the task process: {killed}"
+    assert all(key.startswith(STAGING_PREFIX) for key in keys_of(s3_stack, prefix)), "published before the end"
 
     # The heartbeat timeout fails the dead attempt (20 s), the retry waits its retry_delay (30-60 s).
     assert finished(cluster, run_id, 420) == "success", cluster.log_tail()
@@ -260,13 +284,13 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     gets = [s.path for s in traffic if s.method == "GET" and s.path != "/"]
     assert len(posts) == 1, traffic
     assert gets == [posts[0], posts[0]], traffic
-    # Published once, by the survivor; the files are whole, nothing else is left beside them.
+    # Published once, by the survivor: the files and the manifest (the commit marker), nothing else:
+    # the dead attempt's staged objects (seen above) are gone, no multipart upload is left open.
     assert "Published" not in log_text(cluster, victim, run_id, "download")
     assert log_text(cluster, survivor, run_id, "download").count("Published 3 verified file(s)") == 1
+    client = s3_stack.client()
     for path, data in contents.items():
-        assert (destination / path).read_bytes() == data
-    assert sorted(p.relative_to(destination).as_posix() for p in destination.rglob("*") if p.is_file()) == sorted(
-        contents
-    )
-    assert staging_dirs(destination) == [], "the dead attempt's staging was not removed"
-    assert Counter(p.name for p in destination.parent.iterdir()) == Counter([destination.name])
+        assert client.get_object(Bucket=s3_stack.bucket, Key=f"{prefix}/{path}")["Body"].read() == data
+    cart_uid = posts[0].strip("/")
+    assert keys_of(s3_stack, prefix) == sorted([*contents, f"{MANIFEST_PREFIX}{cart_uid}.json"]), staged
+    assert s3_stack.multipart_uploads(f"{prefix}/") == []
