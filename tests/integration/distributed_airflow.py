@@ -42,17 +42,6 @@ DEFAULT_QUEUE = "default"
 WORKER_COMMAND = ["celery", "worker", "--skip-serve-logs", "--without-mingle", "--without-gossip"]
 HEARTBEAT_TIMEOUT = 20  # [scheduler] task_instance_heartbeat_timeout, seconds (Airflow's default: 300)
 
-# An airflow_local_settings.py (a cluster policy) routing one operator's tasks to a queue: how a
-# deployment sends every Pacifica download to its data movers without touching the DAGs.
-ROUTING_POLICY = '''\
-"""Cluster policy of the test deployment: route {task_type} tasks to the {queue!r} queue."""
-
-
-def task_policy(task):
-    if getattr(task, "task_type", None) == {task_type!r}:
-        task.queue = {queue!r}
-'''
-
 
 def worker_hostname() -> str:
     """``[core] hostname_callable`` of the harness's workers: the name their environment gives them."""
@@ -175,7 +164,7 @@ def start_distributed_airflow(
     workdir: Path,
     extra_env: dict[str, str],
     worker_queues: dict[str, list[str]] | None = None,
-    routes: dict[str, str] | None = None,
+    local_settings: str | None = None,
     ready_timeout: float = 180.0,
 ) -> DistributedAirflow:
     """Start everything (see the module docstring); :meth:`DistributedAirflow.stop` and
@@ -184,7 +173,8 @@ def start_distributed_airflow(
     :param extra_env: environment of every Airflow process (connections, ``[pacifica]`` options).
     :param worker_queues: the queues of each worker, by worker name (default: two workers,
         ``worker-a`` and ``worker-b``, on the default queue).
-    :param routes: operator class name -> queue, as a cluster policy (``airflow_local_settings``).
+    :param local_settings: the text of the deployment's ``airflow_local_settings.py`` (cluster
+        policies, e.g. a ``task_policy`` routing some tasks to a queue), in ``$AIRFLOW_HOME/config``.
     """
     services = _services()
     run = workdir / "run"
@@ -224,11 +214,9 @@ def start_distributed_airflow(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         **extra_env,
     }
-    if routes:
+    if local_settings:
         (home / "config").mkdir(exist_ok=True)
-        (home / "config" / "airflow_local_settings.py").write_text(
-            "\n\n".join(ROUTING_POLICY.format(task_type=t, queue=q) for t, q in routes.items())
-        )
+        (home / "config" / "airflow_local_settings.py").write_text(local_settings)
     try:
         stack = start_airflow(home, env, ready_timeout)
     except BaseException:

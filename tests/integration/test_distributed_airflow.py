@@ -42,6 +42,18 @@ INGEST_ASSET = "pacifica://metadata/ingest"
 WEBHOOK_AUTH = ("pacifica-notify", "notify-secret-2")
 DOWNLOAD_QUEUE = "pacifica-downloads"
 MOVER, OTHER = "worker-a", "worker-b"  # the data mover (download queue) and the worker for the rest
+# The deployment's cluster policy (airflow_local_settings.py): every Pacifica download goes to the
+# data movers' queue, whatever the DAG says; and, in this test deployment only, a failed download
+# is retried after 5-10 s instead of the example DAG's 30-60 s.
+CLUSTER_POLICY = f"""
+from datetime import timedelta
+
+
+def task_policy(task):
+    if task.task_type == "PacificaDownloadOperator":
+        task.queue = {DOWNLOAD_QUEUE!r}
+        task.retry_delay = timedelta(seconds=5)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +91,7 @@ def cluster(cartd_stack, proxy, s3_stack, root, tmp_path_factory):
             "AIRFLOW_CONN_AWS_S3": s3_stack.connection_json(),
         },
         worker_queues={MOVER: [DOWNLOAD_QUEUE], OTHER: [DEFAULT_QUEUE]},
-        routes={"PacificaDownloadOperator": DOWNLOAD_QUEUE},
+        local_settings=CLUSTER_POLICY,
     )
     try:
         wait_for(lambda: cluster.api("GET", f"/api/v2/dags/{DAG_ID}").ok, 120, "the DAG to be parsed", cluster)
@@ -272,7 +284,7 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     assert len(killed) >= 3, f"the worker, its pool and the task process: {killed}"
     assert all(key.startswith(STAGING_PREFIX) for key in keys_of(s3_stack, prefix)), "published before the end"
 
-    # The heartbeat timeout fails the dead attempt (20 s), the retry waits its retry_delay (30-60 s).
+    # The heartbeat timeout fails the dead attempt (20 s), the retry waits its retry_delay (5-10 s).
     assert finished(cluster, run_id, 420) == "success", cluster.log_tail()
     attempts = tries(cluster, run_id, "download")
     assert [(ti["try_number"], ti["hostname"]) for ti in attempts] == [(1, victim), (2, survivor)], attempts
