@@ -150,7 +150,11 @@ class DistributedAirflow:
         return self.airflow.log_tail(lines)
 
     def stop(self) -> None:
-        self.airflow.stop()
+        """Stop every Airflow process, then redis and PostgreSQL; the logs stay in ``workdir``."""
+        try:
+            self.airflow.stop()
+        finally:
+            stop_services(self.workdir)
 
 
 def _children(pid: int) -> list[psutil.Process]:
@@ -167,8 +171,7 @@ def start_distributed_airflow(
     local_settings: str | None = None,
     ready_timeout: float = 180.0,
 ) -> DistributedAirflow:
-    """Start everything (see the module docstring); :meth:`DistributedAirflow.stop` and
-    :func:`stop_services` stop it.
+    """Start everything (see the module docstring); :meth:`DistributedAirflow.stop` stops it.
 
     :param extra_env: environment of every Airflow process (connections, ``[pacifica]`` options).
     :param worker_queues: the queues of each worker, by worker name (default: two workers,
@@ -253,7 +256,6 @@ def start_distributed_airflow(
         _wait_for_the_rest(cluster, ready_timeout)
     except BaseException:
         cluster.stop()
-        stop_services(workdir)
         raise
     return cluster
 

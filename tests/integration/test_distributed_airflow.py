@@ -32,7 +32,6 @@ from tests.integration.distributed_airflow import (
     DEFAULT_QUEUE,
     DistributedAirflow,
     start_distributed_airflow,
-    stop_services,
 )
 from tests.integration.test_download_dag import TEXT_FILES, ingest_event
 
@@ -99,7 +98,6 @@ def cluster(cartd_stack, proxy, s3_stack, root, tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
-        stop_services(workdir)
 
 
 def wait_for(check, timeout: float, what: str, cluster: DistributedAirflow | None = None):
