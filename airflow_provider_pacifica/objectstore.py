@@ -28,7 +28,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import queue
 import re
+import threading
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_pacifica.exceptions import DestinationWriteError, InvalidInputError
@@ -79,49 +81,105 @@ def staging_path(root: str, cart_key: str) -> str:
 
 
 class _StoreSink:
-    """Files under the staging prefix: one buffered fsspec file per member, parts of ``part_size``."""
+    """Files under the staging prefix: one buffered fsspec file per member, parts of ``part_size``.
 
-    def __init__(self, fs: AbstractFileSystem, staging: str, part_size: int) -> None:
+    The uploads run in a thread of their own, fed through a bounded queue: the store's round
+    trips overlap with reading and hashing the tar instead of stalling them (memory: at most
+    ``depth`` chunks in the queue and one part per file being written). The thread's first error
+    is raised at the next write, close or :meth:`finish`; after it the thread only drains.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, staging: str, part_size: int, depth: int = 8) -> None:
         self.where = f"into {object_url(fs, staging)}"
         self._fs = fs
         self._staging = staging
         self._part_size = part_size
         self._opened: set[str] = set()
+        self._handles: list[Any] = []  # every file opened, to abort what is unfinished on failure
+        self._queue: queue.Queue[tuple[str, Any, Any] | None] = queue.Queue(maxsize=depth)
+        self._error: tuple[str, BaseException] | None = None
+        self._thread = threading.Thread(target=self._upload, name="pacifica-store-upload", daemon=True)
+        self._thread.start()
+
+    def _upload(self) -> None:
+        while (item := self._queue.get()) is not None:
+            action, handle, chunk = item
+            if self._error is not None:
+                continue  # drain, so the reader never blocks on a full queue
+            try:
+                if action == "write":
+                    handle.write(chunk)  # uploads a part whenever part_size bytes are buffered
+                else:
+                    handle.close()  # the last part and CompleteMultipartUpload (one PUT for a small file)
+            except BaseException as err:
+                self._error = (str(getattr(handle, "path", "?")), err)
+
+    def _raise_error(self) -> None:
+        if self._error is None:
+            return
+        path, err = self._error
+        if isinstance(err, OSError):  # the shared loop names the file and says nothing was published
+            raise type(err)(err.errno, f"{err.strerror or err} ({path})") if err.errno else OSError(f"{err} ({path})")
+        raise DestinationWriteError(f"{type(err).__name__}: {err} ({path})") from err
+
+    def _put(self, item: tuple[str, Any, Any] | None) -> None:
+        while True:
+            self._raise_error()
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise DestinationWriteError("the upload thread stopped") from None
 
     def open(self, relative: str) -> Any:
         if relative in self._opened:  # an object store would silently overwrite it
             raise FileExistsError(17, "file exists", relative)
         self._opened.add(relative)
-        try:
-            return self._fs.open(f"{self._staging}/{relative}", "wb", block_size=self._part_size)
+        self._raise_error()
+        try:  # no request yet: the first part, or the whole small file, goes up from the thread
+            handle = self._fs.open(f"{self._staging}/{relative}", "wb", block_size=self._part_size)
         except OSError:
             raise
         except Exception as err:  # botocore's and aiohttp's errors are not all OSErrors
             raise DestinationWriteError(f"{type(err).__name__}: {err}") from err
+        self._handles.append(handle)
+        return handle
 
     def write(self, handle: Any, chunk: memoryview) -> None:
-        try:
-            handle.write(chunk)  # uploads a part whenever part_size bytes are buffered
-        except OSError:
-            raise
-        except Exception as err:
-            raise DestinationWriteError(f"{type(err).__name__}: {err}") from err
+        self._put(("write", handle, chunk))  # the chunk is a slice of an immutable read: safe to hand over
 
     def close(self, handle: Any) -> None:
-        try:
-            handle.close()  # the last part, and CompleteMultipartUpload (or one PUT for a small file)
-        except OSError:
-            raise
-        except Exception as err:
-            raise DestinationWriteError(f"{type(err).__name__}: {err}") from err
+        self._put(("close", handle, None))
 
     def discard(self, handle: Any) -> None:
-        discard = getattr(handle, "discard", None)
-        if discard is not None:  # fsspec's buffered files: s3fs aborts the multipart upload
-            discard()
-            handle.closed = True  # never completed by a later close() (or __del__)
-        else:
-            handle.close()  # the staging prefix is removed whole
+        """Nothing here: :meth:`abort` aborts every unfinished upload once the thread has stopped."""
+
+    def finish(self) -> None:
+        """Wait for every upload to complete; raise the first error."""
+        self._put(None)
+        self._thread.join()
+        self._raise_error()
+
+    def abort(self) -> None:
+        """Stop the thread and abort every unfinished upload (s3fs: AbortMultipartUpload)."""
+        if self._thread.is_alive():
+            self._error = self._error or ("", RuntimeError("aborted"))  # the thread drains from here
+            with contextlib.suppress(queue.Empty):
+                while True:  # make room for the end marker
+                    self._queue.get_nowait()
+            self._queue.put(None)
+            self._thread.join()
+        for handle in self._handles:
+            if getattr(handle, "closed", True):
+                continue
+            with contextlib.suppress(Exception):  # a clean-up must not hide the failure it follows
+                discard = getattr(handle, "discard", None)
+                if discard is not None:  # fsspec's buffered files: s3fs aborts the multipart upload
+                    discard()
+                    handle.closed = True  # never completed by a later close() (or __del__)
+                else:
+                    handle.close()  # the staging prefix is removed whole
 
 
 def download_to_store(
@@ -164,15 +222,22 @@ def download_to_store(
     remove_stale_staging(fs, staging)
     copied: list[str] = []
     published = False
+    sink = _StoreSink(fs, staging, part_size)
     try:
-        extracted = stream_verified_files(
-            stream,
-            files,
-            top_dir,
-            _StoreSink(fs, staging, part_size),
-            on_progress=on_progress,
-            progress_interval=progress_interval,
-        )
+        try:
+            extracted = stream_verified_files(
+                stream,
+                files,
+                top_dir,
+                sink,
+                on_progress=on_progress,
+                progress_interval=progress_interval,
+            )
+            sink.finish()
+        except OSError as err:  # an upload that failed after its file's turn in the loop
+            raise DestinationWriteError(f"could not write {sink.where}: {err}; nothing was published") from err
+        finally:
+            sink.abort()  # a no-op once finished
         _publish(fs, staging, root, extracted, copied)
         write_manifest(fs, root, cart_key, extracted, conn_id)
         published = True

@@ -93,3 +93,27 @@ def test_too_small_parts_and_an_empty_root_are_refused(fs):
         download_to_store(io.BytesIO(b""), cart_files(), fs, "/bucket", "data", cart_key="c", part_size=1 << 20)
     with pytest.raises(InvalidInputError, match="names no bucket"):
         download_to_store(io.BytesIO(b""), cart_files(), fs, "memory://", "data", cart_key="c")
+
+
+def test_a_store_that_refuses_a_write_fails_the_download_naming_it_and_leaves_nothing(fs, monkeypatch):
+    real_open = fs.open
+
+    class Refusing:
+        def __init__(self, handle):
+            self.handle, self.path = handle, handle.path
+
+        def write(self, chunk):
+            raise PermissionError(13, "Access Denied")
+
+        def close(self):
+            self.handle.close()
+
+    def open_refusing(path, mode="rb", **kwargs):
+        handle = real_open(path, mode, **kwargs)
+        return Refusing(handle) if path.endswith("second.txt") else handle
+
+    monkeypatch.setattr(fs, "open", open_refusing)
+    before = objects(fs)
+    with pytest.raises(DestinationWriteError, match=r"Access Denied \(.*second.txt\)"):
+        download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    assert objects(fs) == before
