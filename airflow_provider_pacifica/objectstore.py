@@ -118,9 +118,8 @@ class _StoreSink:
         if self._error is None:
             return
         path, err = self._error
-        if isinstance(err, OSError):  # the shared loop names the file and says nothing was published
-            raise type(err)(err.errno, f"{err.strerror or err} ({path})") if err.errno else OSError(f"{err} ({path})")
-        raise DestinationWriteError(f"{type(err).__name__}: {err} ({path})") from err
+        reason = (err.strerror or str(err)) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+        raise DestinationWriteError(f"{reason} ({path}); nothing was published") from err
 
     def _put(self, item: tuple[str, Any, Any] | None) -> None:
         while True:
@@ -159,7 +158,10 @@ class _StoreSink:
         """Wait for every upload to complete; raise the first error."""
         self._put(None)
         self._thread.join()
-        self._raise_error()
+        try:
+            self._raise_error()
+        except DestinationWriteError as err:
+            raise DestinationWriteError(f"could not write {self.where}: {err}") from err.__cause__
 
     def abort(self) -> None:
         """Stop the thread and abort every unfinished upload (s3fs: AbortMultipartUpload)."""
@@ -233,9 +235,7 @@ def download_to_store(
                 on_progress=on_progress,
                 progress_interval=progress_interval,
             )
-            sink.finish()
-        except OSError as err:  # an upload that failed after its file's turn in the loop
-            raise DestinationWriteError(f"could not write {sink.where}: {err}; nothing was published") from err
+            sink.finish()  # an upload that fails after its file's turn in the loop is raised here
         finally:
             sink.abort()  # a no-op once finished
         _publish(fs, staging, root, extracted, copied)
