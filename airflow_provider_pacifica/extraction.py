@@ -232,15 +232,15 @@ class MemberSink(Protocol):
     """Where :func:`stream_verified_files` puts the bytes of each accepted tar member.
 
     The shared loop does everything that decides what is accepted: the member checks, the
-    hashing and the verification. A sink only writes: :meth:`open` a new file (refusing a path it
-    already holds), :meth:`write` every chunk whole, :meth:`close` it once complete, or
+    hashing and the verification. A sink only writes: :meth:`open` a new file of ``size`` bytes
+    (refusing a path it already holds), :meth:`write` every chunk whole, :meth:`close` it once complete, or
     :meth:`discard` it when the download breaks midway. ``where`` ends the error messages ("into
     the staging directory").
     """
 
     where: str
 
-    def open(self, relative: str) -> Any: ...
+    def open(self, relative: str, size: int) -> Any: ...
 
     def write(self, handle: Any, chunk: memoryview) -> None: ...
 
@@ -260,7 +260,7 @@ class _LocalSink:
         self._durable = durable
         self._made_dirs = {""}
 
-    def open(self, relative: str) -> int:
+    def open(self, relative: str, size: int) -> int:
         parent, _, _ = relative.rpartition("/")
         if parent not in self._made_dirs:
             os.makedirs(self._root + "/" + parent, exist_ok=True)
@@ -382,7 +382,7 @@ def stream_verified_files(
                 )
             writing = relative
             digest = new_hash(wanted.hashtype)
-            handle = sink_open(relative)
+            handle = sink_open(relative, member.size)
             try:
                 for chunk in reader.data():
                     digest.update(chunk)

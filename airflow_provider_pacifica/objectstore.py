@@ -8,16 +8,18 @@ this module only decides where the bytes go:
 * each file is streamed straight into the store, in parts of ``part_size`` bytes (8 MiB: S3's
   multipart minimum is 5 MiB; s3fs's default 50 MiB buffer would cost ~150 MiB of memory), so
   memory stays flat whatever the file and cart sizes;
-* files are written under a staging prefix named from the cart uid
-  (``<root>/.pacifica-staging-<key>/``) and copied into place only when every one is verified.
-  A staging prefix rather than holding back each file's CompleteMultipartUpload: it works on any
-  fsspec backend (GCS, Azure, ...), not just S3; a killed attempt's leftovers are found by their
-  name (an orphaned multipart upload cannot be told from another writer's); and S3 copies are
-  server-side, no byte passes through the worker again;
+* nothing is visible at its final name until every file is verified. On S3, a file of at least
+  one part goes straight to its final key as a multipart upload whose CompleteMultipartUpload is
+  held back until then (an unfinished upload is invisible, and completing it copies nothing);
+  smaller files, and every file on other fsspec backends (GCS, Azure, ...), are written under a
+  staging prefix named from the cart uid (``<root>/.pacifica-staging-<key>/``) and copied into
+  place (server-side on S3). Small files are not held as multipart uploads: one PUT and one copy
+  cost fewer requests than three multipart calls each. A later attempt finds what a killed one
+  left by name: the staging prefix, and unfinished uploads to the keys of this download's files;
 * the manifest object ``<root>/.pacifica-manifest-<cart uid>.json`` is written LAST: it is the
   commit marker. A download without it did not finish, whatever objects it left;
-* on any failure what was written is removed (staging objects, the multipart upload in flight,
-  objects already copied into place that were not there before);
+* on any failure what was written is removed (staging objects, multipart uploads aborted,
+  objects already put into place that were not there before);
 * a retry finds the committed manifest, checks the objects still exist with the right sizes, and
   does not download again (:func:`verify_published_objects`).
 """
@@ -80,6 +82,59 @@ def staging_path(root: str, cart_key: str) -> str:
     return f"{root}/{STAGING_PREFIX}{key}"
 
 
+def _is_s3(fs: AbstractFileSystem) -> bool:
+    """Whether ``fs`` speaks S3's multipart API (s3fs), for uploads held back until all are verified."""
+    return callable(getattr(fs, "call_s3", None)) and callable(getattr(fs, "split_path", None))
+
+
+class _DeferredUpload:
+    """A multipart upload straight to a file's final key, completed only by :meth:`complete`.
+
+    Until then the object does not exist for any reader; :meth:`discard` aborts it. Parts are
+    ``part_size`` bytes or a little more (one buffer of the tar's chunks); the last may be smaller.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, path: str, part_size: int) -> None:
+        self.path = path
+        self._fs = fs
+        self._bucket, self._key, _ = fs.split_path(path)
+        self._part_size = part_size
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._upload_id: str | None = None
+        self.closed = self.completed = False
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        return self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
+
+    def write(self, chunk: memoryview) -> None:
+        self._buffer += chunk
+        if len(self._buffer) >= self._part_size:
+            self._send()
+
+    def _send(self) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._call("create_multipart_upload")["UploadId"]
+        number = len(self._parts) + 1
+        answer = self._call("upload_part", UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer))
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        self._buffer = bytearray()
+
+    def close(self) -> None:
+        if self._buffer or not self._parts:
+            self._send()
+        self.closed = True
+
+    def complete(self) -> None:
+        self._call("complete_multipart_upload", UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
+        self.completed = True
+
+    def discard(self) -> None:
+        if self._upload_id is not None and not self.completed:
+            upload_id, self._upload_id = self._upload_id, None
+            self._call("abort_multipart_upload", UploadId=upload_id)
+
+
 class _StoreSink:
     """Files under the staging prefix: one buffered fsspec file per member, parts of ``part_size``.
 
@@ -89,11 +144,14 @@ class _StoreSink:
     is raised at the next write, close or :meth:`finish`; after it the thread only drains.
     """
 
-    def __init__(self, fs: AbstractFileSystem, staging: str, part_size: int, depth: int = 8) -> None:
+    def __init__(self, fs: AbstractFileSystem, staging: str, root: str, part_size: int, depth: int = 8) -> None:
         self.where = f"into {object_url(fs, staging)}"
         self._fs = fs
         self._staging = staging
+        self._root = root
         self._part_size = part_size
+        self._s3 = _is_s3(fs)
+        self.deferred: dict[str, _DeferredUpload] = {}  # relative path -> upload held back until all are verified
         self._opened: set[str] = set()
         self._handles: list[Any] = []  # every file opened, to abort what is unfinished on failure
         self._queue: queue.Queue[tuple[str, Any, Any] | None] = queue.Queue(maxsize=depth)
@@ -118,9 +176,8 @@ class _StoreSink:
         if self._error is None:
             return
         path, err = self._error
-        if isinstance(err, OSError):  # the shared loop names the file and says nothing was published
-            raise type(err)(err.errno, f"{err.strerror or err} ({path})") if err.errno else OSError(f"{err} ({path})")
-        raise DestinationWriteError(f"{type(err).__name__}: {err} ({path})") from err
+        reason = (err.strerror or str(err)) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+        raise DestinationWriteError(f"{reason} ({path}); nothing was published") from err
 
     def _put(self, item: tuple[str, Any, Any] | None) -> None:
         while True:
@@ -132,11 +189,16 @@ class _StoreSink:
                 if not self._thread.is_alive():
                     raise DestinationWriteError("the upload thread stopped") from None
 
-    def open(self, relative: str) -> Any:
+    def open(self, relative: str, size: int) -> Any:
         if relative in self._opened:  # an object store would silently overwrite it
             raise FileExistsError(17, "file exists", relative)
         self._opened.add(relative)
         self._raise_error()
+        if self._s3 and size >= self._part_size:
+            upload = _DeferredUpload(self._fs, f"{self._root}/{relative}", self._part_size)
+            self.deferred[relative] = upload
+            self._handles.append(upload)
+            return upload
         try:  # no request yet: the first part, or the whole small file, goes up from the thread
             handle = self._fs.open(f"{self._staging}/{relative}", "wb", block_size=self._part_size)
         except OSError:
@@ -159,7 +221,10 @@ class _StoreSink:
         """Wait for every upload to complete; raise the first error."""
         self._put(None)
         self._thread.join()
-        self._raise_error()
+        try:
+            self._raise_error()
+        except DestinationWriteError as err:
+            raise DestinationWriteError(f"could not write {self.where}: {err}") from err.__cause__
 
     def abort(self) -> None:
         """Stop the thread and abort every unfinished upload (s3fs: AbortMultipartUpload)."""
@@ -171,6 +236,10 @@ class _StoreSink:
             self._queue.put(None)
             self._thread.join()
         for handle in self._handles:
+            if isinstance(handle, _DeferredUpload):
+                with contextlib.suppress(Exception):
+                    handle.discard()  # AbortMultipartUpload, unless it was completed
+                continue
             if getattr(handle, "closed", True):
                 continue
             with contextlib.suppress(Exception):  # a clean-up must not hide the failure it follows
@@ -220,50 +289,56 @@ def download_to_store(
     root = store_root(fs, root)
     staging = staging_path(root, cart_key)
     remove_stale_staging(fs, staging)
+    if _is_s3(fs):  # a killed attempt's unfinished uploads to this download's keys
+        _abort_multipart_uploads(fs, root, keys={f"{root}/{file.path}" for file in files})
     copied: list[str] = []
     published = False
-    sink = _StoreSink(fs, staging, part_size)
+    sink = _StoreSink(fs, staging, root, part_size)
     try:
-        try:
-            extracted = stream_verified_files(
-                stream,
-                files,
-                top_dir,
-                sink,
-                on_progress=on_progress,
-                progress_interval=progress_interval,
-            )
-            sink.finish()
-        except OSError as err:  # an upload that failed after its file's turn in the loop
-            raise DestinationWriteError(f"could not write {sink.where}: {err}; nothing was published") from err
-        finally:
-            sink.abort()  # a no-op once finished
-        _publish(fs, staging, root, extracted, copied)
+        extracted = stream_verified_files(
+            stream,
+            files,
+            top_dir,
+            sink,
+            on_progress=on_progress,
+            progress_interval=progress_interval,
+        )
+        sink.finish()  # an upload that fails after its file's turn in the loop is raised here
+        _publish(fs, staging, root, extracted, sink.deferred, copied)
         write_manifest(fs, root, cart_key, extracted, conn_id)
         published = True
         return extracted
     finally:
         with contextlib.suppress(Exception):  # nothing may hide the outcome; a later attempt retries this
+            sink.abort()  # stops the upload thread; aborts every upload not completed
             if not published:
                 _remove(fs, root, copied)
             _remove_prefix(fs, staging)
 
 
 def _publish(
-    fs: AbstractFileSystem, staging: str, root: str, extracted: Sequence[ExtractedFile], copied: list[str]
+    fs: AbstractFileSystem,
+    staging: str,
+    root: str,
+    extracted: Sequence[ExtractedFile],
+    deferred: dict[str, _DeferredUpload],
+    copied: list[str],
 ) -> None:
-    """Copy every verified object from the staging prefix into place (server-side on S3).
+    """Put every verified file into place: copy it from the staging prefix (server-side on S3), or
+    complete its held-back multipart upload.
 
     Objects that were not there before are recorded in ``copied``, so that a failure midway
     removes them again; one that replaced an earlier object stays (its old content is gone).
     """
     fs.invalidate_cache(root)
     existing = set(fs.find(root)) if fs.exists(root) else set()
-    sources = [f"{staging}/{file.path}" for file in extracted]
-    targets = [f"{root}/{file.path}" for file in extracted]
-    copied.extend(target for target in targets if target not in existing)
+    copied.extend(target for file in extracted if (target := f"{root}/{file.path}") not in existing)
+    staged = [file.path for file in extracted if file.path not in deferred]
     try:
-        fs.copy(sources, targets)  # s3fs copies concurrently, in batches
+        if staged:  # s3fs copies concurrently, in batches
+            fs.copy([f"{staging}/{path}" for path in staged], [f"{root}/{path}" for path in staged])
+        for upload in deferred.values():
+            upload.complete()
     except Exception as err:
         raise DestinationWriteError(
             f"could not copy the verified files into {object_url(fs, root)}: {type(err).__name__}: {err}; "
@@ -339,16 +414,24 @@ def remove_stale_staging(fs: AbstractFileSystem, staging: str) -> None:
         _remove_prefix(fs, staging)
 
 
-def _abort_multipart_uploads(fs: AbstractFileSystem, prefix: str) -> None:
-    """Abort the unfinished multipart uploads under ``prefix`` (S3 only: other stores have none)."""
-    call_s3 = getattr(fs, "call_s3", None)
-    if call_s3 is None:
+def _abort_multipart_uploads(fs: AbstractFileSystem, prefix: str, keys: set[str] | None = None) -> None:
+    """Abort the unfinished multipart uploads under ``prefix`` (only those to ``keys``, paths as
+    ``fs`` names them, when given). S3 only: other stores have none."""
+    if not _is_s3(fs):
         return
     bucket, key, _ = fs.split_path(prefix)
-    answer = call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{key}/")
-    for upload in answer.get("Uploads") or []:
-        if upload.get("Key", "").startswith(f"{key}/"):  # a store may ignore Prefix
-            fs.abort_mpu(bucket, upload["Key"], upload["UploadId"])
+    marker: dict[str, str] = {}
+    while True:
+        answer = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{key}/", **marker)
+        for upload in answer.get("Uploads") or []:
+            name = upload.get("Key", "")
+            if not name.startswith(f"{key}/"):  # a store may ignore Prefix
+                continue
+            if keys is None or f"{bucket}/{name}" in keys:
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload["UploadId"])
+        if not answer.get("IsTruncated"):
+            return
+        marker = {"KeyMarker": answer["NextKeyMarker"], "UploadIdMarker": answer["NextUploadIdMarker"]}
 
 
 def _remove_prefix(fs: AbstractFileSystem, prefix: str) -> None:

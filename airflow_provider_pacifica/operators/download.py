@@ -68,7 +68,7 @@ class PacificaDownloadOperator(BaseOperator):
     ``"files_path"`` (``batching.manifest_files`` reads either form).
 
     In object storage (``destination=ObjectStoragePath("s3://bucket/prefix", conn_id="aws_s3")``)
-    the files are streamed into the store, verified under a staging prefix and copied into place;
+    the files are streamed into the store and verified before any appears at its final name;
     the manifest object ``<destination>/.pacifica-manifest-<cart uid>.json`` is written last (the
     commit marker, see :mod:`airflow_provider_pacifica.objectstore`). The XCom manifest then
     gives ``"destination"`` as a URL, the store's ``"conn_id"``, and each file's ``"url"``, so a

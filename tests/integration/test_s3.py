@@ -186,3 +186,64 @@ def test_the_example_dag_downloads_to_the_configured_s3_root_and_summarizes_from
         assert client.get_object(Bucket=s3_stack.bucket, Key=f"{base}/{path}")["Body"].read() == data
     output = capfd.readouterr().out
     assert f"Total: 3 files, {sum(map(len, TEXT_FILES.values()))} bytes" in output
+
+
+_KILLED_ATTEMPT = """
+import io, os, sys, time
+sys.path.insert(0, os.environ["REPO"])
+import s3fs
+from airflow_provider_pacifica.objectstore import download_to_store
+from tests.integration.test_s3 import CONTENTS
+from tests.tars import build_tar, cart_files
+
+class Slow(io.BytesIO):  # the small files, then the big one at a trickle: killed while it uploads
+    def read(self, size=-1):
+        if self.tell() > len(CONTENTS["big/volume.bin"]) // 2:
+            time.sleep(0.5)
+        return super().read(min(size, 1 << 20))
+
+fs = s3fs.S3FileSystem(key=os.environ["KEY"], secret=os.environ["SECRET"], endpoint_url=os.environ["ENDPOINT"])
+stream = Slow(build_tar(CONTENTS))
+download_to_store(stream, cart_files(CONTENTS), fs, os.environ["ROOT"], "data", cart_key="cart-killed")
+"""
+
+
+def test_an_attempt_killed_mid_upload_leaves_staging_that_the_next_attempt_removes(s3_stack, s3_connection, prefix):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    root = f"{s3_stack.bucket}/{prefix}"
+    env = {
+        **os.environ,
+        "REPO": str(REPO),
+        "KEY": s3_stack.access_key,
+        "SECRET": s3_stack.secret_key,
+        "ENDPOINT": s3_stack.endpoint_url,
+        "ROOT": root,
+    }
+    attempt = subprocess.Popen([sys.executable, "-c", _KILLED_ATTEMPT], env=env, cwd=REPO)
+    staging = staging_path(prefix, "cart-killed")
+    deadline = time.monotonic() + 120
+    while not s3_stack.multipart_uploads(prefix) and attempt.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    attempt.send_signal(signal.SIGKILL)
+    attempt.wait(timeout=60)
+    assert attempt.returncode == -signal.SIGKILL  # killed mid-upload, not finished
+    # what a killed attempt leaves: staged small files, an unfinished upload of the big one's final key
+    assert [upload["Key"] for upload in s3_stack.multipart_uploads(prefix)] == [f"{prefix}/big/volume.bin"]
+    assert [key for key in s3_stack.keys(prefix) if key.startswith(f"{staging}/")]
+    assert not [key for key in s3_stack.keys(prefix) if "/.pacifica-manifest-" in key]
+
+    destination = store_path(s3_stack.url(prefix))
+    tar = io.BytesIO(build_tar(CONTENTS))
+    download_to_store(tar, cart_files(CONTENTS), destination.fs, destination.path, "data", cart_key="cart-killed")
+
+    assert s3_stack.multipart_uploads(prefix) == []
+    assert sorted(s3_stack.keys(prefix)) == sorted(
+        [f"{prefix}/.pacifica-manifest-cart-killed.json", *(f"{prefix}/{p}" for p in CONTENTS)]
+    )
