@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from airflow_provider_pacifica.destinations import safe_name
-from airflow_provider_pacifica.objectstore import MANIFEST_PREFIX, STAGING_PREFIX
+from airflow_provider_pacifica.objectstore import MANIFEST_PREFIX, PART_SIZE, STAGING_PREFIX
 from tests.faultproxy import FaultProxy
 from tests.integration.distributed_airflow import (
     DEFAULT_QUEUE,
@@ -253,11 +253,16 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     # Both workers serve both queues now: the download may start on either.
     cluster.consume(MOVER, DEFAULT_QUEUE)
     cluster.consume(OTHER, DOWNLOAD_QUEUE)
+    # Two small files (staged under the staging prefix) and one of two parts and more (a multipart
+    # upload to its final key, completed only once every file is verified). The first download
+    # stops 64 KiB before the end of the last file: whatever the order of the files in the tar (and
+    # the client's 1 MiB reads), a small file is staged and the large one has a part uploaded then.
     rng = random.Random(7)
-    contents = {f"big/part-{n}.bin": rng.randbytes(512 * 1024) for n in range(3)}
+    contents = {f"small/part-{n}.bin": rng.randbytes(2 << 20) for n in range(2)}
+    contents["large/whole.bin"] = rng.randbytes(2 * PART_SIZE + (1 << 20))
     event = ingest_event(cartd_stack, contents)
     seen_before = len(proxy.seen)
-    proxy.hold_next_download(after=1_200_000)  # the first download stops in its third file
+    proxy.hold_next_download(after=sum(map(len, contents.values())) - (64 << 10))
     assert notify(cluster, event, server=0).status_code == 201
     run_id = run_of(cluster, event["eventID"])
     prefix = f"{root}/{safe_name(run_id)}/{safe_name(event['eventID'])}"
@@ -274,13 +279,14 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     staged = wait_for(
         lambda: [key for key in keys_of(s3_stack, prefix) if key.startswith(STAGING_PREFIX)],
         60,
-        "the first files in the download's staging prefix",
+        "the small files in the download's staging prefix",
         cluster,
     )
+    wait_for(lambda: s3_stack.multipart_uploads(f"{prefix}/"), 60, "the large file's multipart upload", cluster)
     killed = cluster.kill_worker(victim)
     proxy.release()
     assert len(killed) >= 3, f"the worker, its pool and the task process: {killed}"
-    assert all(key.startswith(STAGING_PREFIX) for key in keys_of(s3_stack, prefix)), "published before the end"
+    assert all(key.startswith(STAGING_PREFIX) for key in keys_of(s3_stack, prefix)), "visible before the end"
 
     # The heartbeat timeout fails the dead attempt (20 s), the retry waits its retry_delay (5-10 s).
     assert finished(cluster, run_id, 420) == "success", cluster.log_tail()
@@ -295,7 +301,7 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     assert len(posts) == 1, traffic
     assert gets == [posts[0], posts[0]], traffic
     # Published once, by the survivor: the files and the manifest (the commit marker), nothing else:
-    # the dead attempt's staged objects (seen above) are gone, no multipart upload is left open.
+    # the dead attempt's staged objects and its multipart upload (seen above) are gone.
     assert "Published" not in log_text(cluster, victim, run_id, "download")
     assert log_text(cluster, survivor, run_id, "download").count("Published 3 verified file(s)") == 1
     client = s3_stack.client()
