@@ -131,7 +131,8 @@ class DistributedAirflow:
 
     def kill_worker(self, name: str) -> list[int]:
         """SIGKILL a worker and every process under it (its pool, supervisors and task processes,
-        which run in process groups of their own): frozen first, so none can fork away. Returns the pids."""
+        which run in process groups of their own): frozen first, so none can fork away. Returns the
+        pids, once none of them runs."""
         process = self.airflow.processes.pop(name)
         frozen: set[int] = set()
         for _ in range(3):  # a fork between the listing and the stop is caught by the next round
@@ -144,6 +145,11 @@ class DistributedAirflow:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while (left := [pid for pid in frozen if _running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if left:
+            raise RuntimeError(f"processes of worker {name} survived SIGKILL: {left}")
         return sorted(frozen)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -155,6 +161,14 @@ class DistributedAirflow:
             self.airflow.stop()
         finally:
             stop_services(self.workdir)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has exited: only its exit status waits to be collected)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _children(pid: int) -> list[psutil.Process]:
