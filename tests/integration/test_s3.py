@@ -208,7 +208,7 @@ download_to_store(stream, cart_files(CONTENTS), fs, os.environ["ROOT"], "data", 
 """
 
 
-def test_an_attempt_killed_mid_upload_leaves_staging_that_the_next_attempt_removes(s3_stack, s3_connection, prefix):
+def test_an_attempt_killed_mid_upload_leaves_an_upload_that_the_next_attempt_aborts(s3_stack, s3_connection, prefix):
     import os
     import signal
     import subprocess
@@ -227,16 +227,15 @@ def test_an_attempt_killed_mid_upload_leaves_staging_that_the_next_attempt_remov
         "ROOT": root,
     }
     attempt = subprocess.Popen([sys.executable, "-c", _KILLED_ATTEMPT], env=env, cwd=REPO)
-    staging = staging_path(prefix, "cart-killed")
     deadline = time.monotonic() + 120
     while not s3_stack.multipart_uploads(prefix) and attempt.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     attempt.send_signal(signal.SIGKILL)
     attempt.wait(timeout=60)
     assert attempt.returncode == -signal.SIGKILL  # killed mid-upload, not finished
-    # what a killed attempt leaves: staged small files, an unfinished upload of the big one's final key
+    # what a killed attempt leaves: an unfinished upload to the big file's final key, invisible
     assert [upload["Key"] for upload in s3_stack.multipart_uploads(prefix)] == [f"{prefix}/big/volume.bin"]
-    assert [key for key in s3_stack.keys(prefix) if key.startswith(f"{staging}/")]
+    assert f"{prefix}/big/volume.bin" not in s3_stack.keys(prefix)
     assert not [key for key in s3_stack.keys(prefix) if "/.pacifica-manifest-" in key]
 
     destination = store_path(s3_stack.url(prefix))

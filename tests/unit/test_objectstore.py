@@ -95,7 +95,11 @@ def test_too_small_parts_and_an_empty_root_are_refused(fs):
         download_to_store(io.BytesIO(b""), cart_files(), fs, "memory://", "data", cart_key="c")
 
 
-def test_a_store_that_refuses_a_write_fails_the_download_naming_it_and_leaves_nothing(fs, monkeypatch):
+@pytest.mark.parametrize("size", ["small, put in a batch", "large, written in parts"])
+def test_a_store_that_refuses_a_write_fails_the_download_naming_it_and_leaves_nothing(fs, monkeypatch, size):
+    contents = dict(CONTENTS)
+    if size.startswith("large"):
+        contents["a/c/second.txt"] = b"x" * (objectstore.MIN_PART_SIZE + 1)
     real_open = fs.open
 
     class Refusing:
@@ -112,8 +116,31 @@ def test_a_store_that_refuses_a_write_fails_the_download_naming_it_and_leaves_no
         handle = real_open(path, mode, **kwargs)
         return Refusing(handle) if path.endswith("second.txt") else handle
 
+    def pipe_refusing(batch, **kwargs):
+        raise PermissionError(13, "Access Denied")
+
     monkeypatch.setattr(fs, "open", open_refusing)
+    monkeypatch.setattr(fs, "pipe", pipe_refusing)
     before = objects(fs)
-    with pytest.raises(DestinationWriteError, match=r"Access Denied \(.*second.txt\)"):
-        download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    with pytest.raises(DestinationWriteError, match=r"Access Denied \(.*(second.txt|a/b.txt)\)"):
+        download_to_store(
+            io.BytesIO(build_tar(contents)),
+            cart_files(contents),
+            fs,
+            "/bucket/dest",
+            "data",
+            cart_key="c",
+            part_size=objectstore.MIN_PART_SIZE,
+        )
     assert objects(fs) == before
+
+
+def test_many_small_files_go_up_in_batches_and_all_arrive(fs, monkeypatch):
+    contents = {f"many/{i:04d}.txt": f"{i}\n".encode() for i in range(objectstore.BATCH_FILES * 2 + 3)}
+    batches = []
+    real_pipe = fs.pipe
+    monkeypatch.setattr(fs, "pipe", lambda batch, **kw: (batches.append(len(batch)), real_pipe(batch, **kw)))
+    download_to_store(io.BytesIO(build_tar(contents)), cart_files(contents), fs, "/bucket/many", "data", cart_key="c")
+    assert batches == [objectstore.BATCH_FILES, objectstore.BATCH_FILES, 3]
+    stored = objects(fs)
+    assert all(stored[f"/bucket/many/{path}"] == data for path, data in contents.items())
