@@ -13,12 +13,12 @@ Each batch is a list of file dicts (XCom- and JSON-safe), verified on its own.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_pacifica.exceptions import InvalidInputError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from airflow_provider_pacifica.cloudevents import CartFile
 
@@ -87,10 +87,19 @@ def merge_manifests(manifests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def manifest_files(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The file list of a download manifest: in it, or in the file its ``files_path`` names
-    (``PacificaDownloadOperator`` writes big lists beside the files to keep XComs small)."""
+def manifest_files(
+    manifest: Mapping[str, Any], open_url: Callable[[str], IO[bytes]] | None = None
+) -> list[dict[str, Any]]:
+    """The file list of a download manifest: in it, in the file its ``files_path`` names
+    (``PacificaDownloadOperator`` writes big lists beside the files to keep XComs small), or in
+    the object-storage manifest its ``files_url`` names, opened with ``open_url`` (e.g.
+    ``lambda url: ObjectStoragePath(url, conn_id=manifest["conn_id"]).open("rb")``)."""
     if "files" in manifest:
         return list(manifest["files"])
+    if "files_url" in manifest:
+        if open_url is None:
+            raise InvalidInputError(f"the file list is in {manifest['files_url']}: pass open_url to read it")
+        with open_url(manifest["files_url"]) as handle:
+            return list(json.load(handle)["files"])
     with open(manifest["files_path"], encoding="utf-8") as handle:
         return list(json.load(handle))

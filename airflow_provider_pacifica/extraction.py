@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_pacifica.exceptions import (
     DestinationWriteError,
@@ -228,6 +228,66 @@ def verify_published(files: Sequence[CartFile], destination: str | os.PathLike[s
     return verified
 
 
+class MemberSink(Protocol):
+    """Where :func:`stream_verified_files` puts the bytes of each accepted tar member.
+
+    The shared loop does everything that decides what is accepted: the member checks, the
+    hashing and the verification. A sink only writes: :meth:`open` a new file of ``size`` bytes
+    (refusing a path it already holds), :meth:`write` every chunk whole, :meth:`close` it once complete, or
+    :meth:`discard` it when the download breaks midway. ``where`` ends the error messages ("into
+    the staging directory").
+    """
+
+    where: str
+
+    def open(self, relative: str, size: int) -> Any: ...
+
+    def write(self, handle: Any, chunk: memoryview) -> None: ...
+
+    def close(self, handle: Any) -> None: ...
+
+    def discard(self, handle: Any) -> None: ...
+
+
+class _LocalSink:
+    """Files under a local staging directory, written with os-level calls: a file object per
+    member costs more than the hashing for small files."""
+
+    where = "into the staging directory"
+
+    def __init__(self, root: Path, durable: bool) -> None:
+        self._root = str(root)
+        self._durable = durable
+        self._made_dirs = {""}
+
+    def open(self, relative: str, size: int) -> int:
+        parent, _, _ = relative.rpartition("/")
+        if parent not in self._made_dirs:
+            os.makedirs(self._root + "/" + parent, exist_ok=True)
+            self._made_dirs.add(parent)
+        return os.open(self._root + "/" + relative, _CREATE_FLAGS, 0o666)
+
+    def write(self, fd: int, chunk: memoryview) -> None:
+        # write() may write less than it was given (a disk nearly full): the rest must be
+        # written, or the error seen, never a short file verified.
+        written = os.write(fd, chunk)
+        while written != len(chunk):
+            if not written:
+                raise DestinationWriteError("the filesystem took no more bytes; nothing was published")
+            chunk = chunk[written:]
+            written = os.write(fd, chunk)
+
+    def close(self, fd: int) -> None:
+        try:
+            if self._durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def discard(self, fd: int) -> None:
+        os.close(fd)  # the staging directory is removed whole
+
+
 def stage_files(
     stream: Readable,
     files: Sequence[CartFile],
@@ -239,15 +299,48 @@ def stage_files(
     durable: bool = False,
 ) -> list[ExtractedFile]:
     """Write the requested files from the tar ``stream`` into ``staging``, verifying each one."""
+    staging.mkdir(parents=True, exist_ok=False)
+    extracted = stream_verified_files(
+        stream,
+        files,
+        top_dir,
+        _LocalSink(staging, durable),
+        on_progress=on_progress,
+        progress_interval=progress_interval,
+    )
+    if durable:  # the files' names live in their directories: those must reach the disk too
+        for directory, _, _ in os.walk(staging):
+            _fsync_path(directory)
+    return extracted
+
+
+def stream_verified_files(
+    stream: Readable,
+    files: Sequence[CartFile],
+    top_dir: str,
+    sink: MemberSink,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_interval: float = 5.0,
+) -> list[ExtractedFile]:
+    """Check every member of the tar ``stream``, hand the requested files to ``sink`` and verify them.
+
+    Shared by every destination, so that what is accepted never depends on where it goes: only
+    regular files and directories under ``top_dir``, each requested file once, with the size
+    and hash Pacifica gave; every requested file must arrive. Returns the files in the order of
+    ``files``; the caller publishes them (and removes what ``sink`` wrote when this raises).
+
+    :raises UnsafeMemberError: a member that must not be extracted.
+    :raises VerificationError: wrong size or hash, or a requested file did not arrive.
+    :raises StreamError: the stream ended early or is not a tar.
+    :raises DestinationWriteError: the sink could not write a file whole.
+    """
     expected = {f.path: f for f in files}
     if len(expected) != len(files):
         raise InvalidInputError("the requested files have duplicate paths")
     directories = parent_directories(expected)
     if not top_dir or "/" in top_dir or top_dir in (".", ".."):
         raise InvalidInputError(f"invalid tar top directory {top_dir!r}")
-    staging.mkdir(parents=True, exist_ok=False)
-    staging_root = str(staging)
-    made_dirs = {""}
 
     done: dict[str, ExtractedFile] = {}
     bytes_done = 0
@@ -262,6 +355,8 @@ def stage_files(
             last_report = now
             on_progress(Progress(len(done), len(files), bytes_done, bytes_total, now - started))
 
+    # bound once: this loop runs per member, and for small files its overhead is the cost
+    sink_open, sink_write, sink_close, sink_discard = sink.open, sink.write, sink.close, sink.discard
     writing = ""  # the file being written, for a write error's message
     prefetcher = _Prefetcher(stream)
     try:
@@ -286,34 +381,19 @@ def stage_files(
                     f"Pacifica said {wanted.size}"
                 )
             writing = relative
-            parent, _, _ = relative.rpartition("/")
-            if parent not in made_dirs:
-                os.makedirs(staging_root + "/" + parent, exist_ok=True)
-                made_dirs.add(parent)
             digest = new_hash(wanted.hashtype)
-            # os-level calls: a file object per member costs more than the hashing for small files
-            fd = os.open(staging_root + "/" + relative, _CREATE_FLAGS, 0o666)
+            handle = sink_open(relative, member.size)
             try:
                 for chunk in reader.data():
                     digest.update(chunk)
-                    # write() may write less than it was given (a disk nearly full): the rest
-                    # must be written, or the error seen, never a short file verified.
-                    written = os.write(fd, chunk)
-                    while written != len(chunk):
-                        if not written:
-                            raise DestinationWriteError(
-                                f"could not write file {wanted.path!r} whole: the filesystem took no more "
-                                "bytes; nothing was published"
-                            )
-                        chunk = chunk[written:]
-                        bytes_done += written
-                        written = os.write(fd, chunk)
-                    bytes_done += written
+                    sink_write(handle, chunk)
+                    bytes_done += len(chunk)
                     report()
-                if durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    sink_discard(handle)
+                raise
+            sink_close(handle)
             if digest.hexdigest() != wanted.hashsum:
                 raise VerificationError(
                     f"file {wanted.path!r} (id {wanted.id!r}) has {wanted.hashtype} {digest.hexdigest()}, "
@@ -322,10 +402,12 @@ def stage_files(
             done[relative] = ExtractedFile(wanted.id, wanted.path, member.size, wanted.hashtype, wanted.hashsum)
             report()
     except FileExistsError as err:  # two names that normalise to one path
-        raise UnsafeMemberError(f"tar member written twice: {err.filename}") from err
-    except OSError as err:  # the network side's errors are StreamErrors: this is the staging disk
+        raise UnsafeMemberError(f"tar member written twice: {err.filename or writing!r}") from err
+    except DestinationWriteError as err:
+        raise DestinationWriteError(f"could not write file {writing!r} {sink.where}: {err}") from err
+    except OSError as err:  # the network side's errors are StreamErrors: this is the destination
         raise DestinationWriteError(
-            f"could not write file {writing!r} into the staging directory: {err.strerror or err}; nothing was published"
+            f"could not write file {writing!r} {sink.where}: {err.strerror or err}; nothing was published"
         ) from err
     finally:
         prefetcher.close()
@@ -334,9 +416,6 @@ def stage_files(
     if missing:
         shown = ", ".join(repr(p) for p in missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise VerificationError(f"{len(missing)} requested file(s) did not arrive: {shown}")
-    if durable:  # the files' names live in their directories: those must reach the disk too
-        for directory, _, _ in os.walk(staging_root):
-            _fsync_path(directory)
     report(force=True)
     return [done[f.path] for f in files]
 

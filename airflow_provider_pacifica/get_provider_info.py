@@ -104,7 +104,8 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "config": {
             "pacifica": {
-                "description": "The Pacifica Notifications webhook mounted on the api-server at /pacifica/events.",
+                "description": "The Pacifica Notifications webhook mounted on the api-server at /pacifica/events, "
+                "and where the example DAGs download to.",
                 "options": {
                     "webhook_enabled": _option(
                         "Mount the webhook (POST /pacifica/events) on the api-server. When false the plugin "
@@ -152,6 +153,18 @@ def get_provider_info() -> dict[str, Any]:
                     ),
                     "webhook_max_body_bytes": _option(
                         "Largest accepted request body; larger ones get 413.", str(4 * 1024 * 1024), "integer"
+                    ),
+                    "download_root": _option(
+                        "Where the example DAGs download to, read on the worker when a task runs: an absolute "
+                        "path on storage every worker sees, or a URL such as s3://bucket/prefix (object storage, "
+                        "through download_conn_id). Empty: $PACIFICA_DOWNLOAD_ROOT, else "
+                        "$AIRFLOW_HOME/pacifica-downloads.",
+                        "",
+                    ),
+                    "download_conn_id": _option(
+                        "Connection of the object store that download_root names (e.g. an 'aws' connection whose "
+                        "extra endpoint_url names an S3-compatible endpoint). Empty: the backend's own defaults.",
+                        "",
                     ),
                 },
             }

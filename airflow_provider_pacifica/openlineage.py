@@ -4,8 +4,8 @@ written (the destination, as one dataset with its file count, bytes and checksum
 Imported only when ``apache-airflow-providers-openlineage`` is installed and asks for lineage.
 Naming: inputs are in the namespace ``pacifica://<cartd host:port>``, named
 ``transactions/<id>`` when the event names the transaction (else ``carts/<cart uid>``); the
-output is ``file://<host>`` + the destination path, at the destination's level, never one
-dataset per file.
+output is ``file://<host>`` + the destination path, or for object storage the bucket as namespace
+(``s3://<bucket>``) and the prefix as name, at the destination's level, never one dataset per file.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ def download_lineage(manifest: Mapping[str, Any], cartd_url: str, files: list[di
         files=[{key: entry[key] for key in ("path", "size", "hashtype", "hashsum")} for entry in files[:MAX_CHECKSUMS]],
         omitted=max(0, len(files) - MAX_CHECKSUMS),
     )
+    namespace, name = _destination_dataset(str(manifest["destination"]))
     destination = OutputDataset(
-        namespace=f"file://{socket.getfqdn()}",
-        name=str(manifest["destination"]),
+        namespace=namespace,
+        name=name,
         facets={"pacifica_checksums": checksums},
         outputFacets={
             "outputStatistics": OutputStatisticsOutputDatasetFacet(
@@ -74,6 +75,15 @@ def download_lineage(manifest: Mapping[str, Any], cartd_url: str, files: list[di
         },
     )
     return OperatorLineage(inputs=[source], outputs=[destination])
+
+
+def _destination_dataset(destination: str) -> tuple[str, str]:
+    """OpenLineage's naming: ``s3://<bucket>`` + the prefix for object storage (``gs://``,
+    ``abfss://``... alike), ``file://<host>`` + the path for a local directory."""
+    parts = urlsplit(destination)
+    if parts.scheme and parts.netloc and parts.scheme != "file":
+        return f"{parts.scheme}://{parts.netloc}", parts.path.strip("/") or "/"
+    return f"file://{socket.getfqdn()}", destination
 
 
 def convert_asset_to_openlineage(asset: Asset, lineage_context: Any) -> Dataset:

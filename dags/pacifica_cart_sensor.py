@@ -10,8 +10,10 @@ that any task can be retried without staging or downloading twice:
 2. ``wait_for_cart`` (``CartSensor``, **deferred**) waits in the triggerer until Cartd has staged it.
 3. ``download_cart`` calls ``PacificaCartdHook.download_cart``: the tar is streamed, a broken
    stream restarted, every file verified and the files published atomically under
-   ``$PACIFICA_DOWNLOAD_ROOT/<run id>/``; a retry after a published download finds the verified
-   files (``verify_published``) and downloads nothing. Then the cart is deleted.
+   ``<download root>/<run id>/``; a retry after a published download finds the verified files
+   (``published_files``) and downloads nothing. Then the cart is deleted. The download root is
+   ``[pacifica] download_root`` (a path or a URL such as ``s3://bucket/prefix``, with the
+   connection ``[pacifica] download_conn_id``), else ``$PACIFICA_DOWNLOAD_ROOT``, read on the worker.
 
 Needs the connection ``pacifica_cartd_default`` (type ``pacifica_cartd``) pointing at Cartd.
 """
@@ -26,10 +28,9 @@ from airflow.sdk import dag, task
 
 from airflow_provider_pacifica.carts import derive_cart_uid
 from airflow_provider_pacifica.cloudevents import files_from_cloudevent, files_from_list
-from airflow_provider_pacifica.destinations import destination_for
-from airflow_provider_pacifica.extraction import verify_published
 from airflow_provider_pacifica.hooks.cartd import PacificaCartdHook
 from airflow_provider_pacifica.sensors.cartd import CartSensor
+from airflow_provider_pacifica.storage import download_destination, published_files, resolve_destination
 
 
 @dag(
@@ -63,16 +64,16 @@ def pacifica_cart_sensor():
     @task
     def download_cart(cart: dict[str, Any], run_id=None) -> dict[str, Any]:
         files = files_from_list(cart["files"])
-        destination = destination_for(run_id)
+        destination = resolve_destination(download_destination(run_id))  # [pacifica] download_root
         with contextlib.closing(PacificaCartdHook()) as hook:
-            extracted = verify_published(files, destination)  # a retry after a published download
+            extracted = published_files(destination, files, cart["cart_uid"])  # a retry after a published download
             if extracted is None:
                 extracted = hook.download_cart(cart["cart_uid"], files, destination, attempts=3, on_progress=print)
             hook.delete_cart(cart["cart_uid"])
         total = sum(f.size for f in extracted)
         print(f"{len(extracted)} verified files, {total} bytes in {destination}")
         return {
-            "destination": destination,
+            "destination": str(destination),
             "cart_uid": cart["cart_uid"],
             "file_count": len(extracted),
             "total_bytes": total,

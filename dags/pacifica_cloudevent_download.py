@@ -16,8 +16,12 @@ hand or by ``airflow dags test``, it reads the event from ``dag_run.conf["cloude
 2. ``download`` (``PacificaDownloadOperator``, mapped: one task per event) creates a Cartd cart of
    the event's files, waits for it **deferred** in the triggerer (no worker slot held while tape
    stages), streams the tar, verifies every file against the hash Pacifica gave, and publishes the
-   files atomically under ``$PACIFICA_DOWNLOAD_ROOT/<run id>/<event id>/<subdir>/<name>`` (run and
-   event ids made safe as directory names). It returns a manifest. Failures a retry can mend
+   files atomically under ``<download root>/<run id>/<event id>/<subdir>/<name>`` (run and
+   event ids made safe as directory names). The download root is ``[pacifica] download_root``: an
+   absolute path on storage every worker sees, or an object-storage URL such as
+   ``s3://bucket/prefix`` (connection ``[pacifica] download_conn_id``); else
+   ``$PACIFICA_DOWNLOAD_ROOT``, else ``$AIRFLOW_HOME/pacifica-downloads``; read on the worker.
+   It returns a manifest. Failures a retry can mend
    (Cartd unreachable, an archive fault, a broken stream, a full disk) are retried, reusing the cart;
    a retry after the files were published returns their manifest without downloading again.
 3. ``summarize`` (one per download) streams each file named by the manifest (1 MiB at a time,

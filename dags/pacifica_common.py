@@ -16,13 +16,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, AssetWatcher, task
+from airflow.sdk import Asset, AssetWatcher, ObjectStoragePath, task
 from airflow.sdk.exceptions import AirflowRuntimeError
 
 from airflow_provider_pacifica.batching import manifest_files
-from airflow_provider_pacifica.destinations import destination_for, safe_name
+from airflow_provider_pacifica.destinations import safe_name
 from airflow_provider_pacifica.intake import RecordedEvent, UndecidedError, decide, ingest_event_id, lookback_start
 from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
+from airflow_provider_pacifica.storage import download_destination
 from airflow_provider_pacifica.triggers.ingest import PacificaIngestEventTrigger
 
 if TYPE_CHECKING:
@@ -56,7 +57,11 @@ def event_id(cloudevent: Any) -> str:
 
 
 def downloads_for(cloudevents: list[Any], run_id: str) -> list[dict[str, Any]]:
-    """One ``{"cloudevent", "destination"}`` per distinct event, under ``<root>/<run id>/<event id>``."""
+    """One ``{"cloudevent", "destination"}`` per distinct event, under ``<root>/<run id>/<event id>``.
+
+    The root is ``[pacifica] download_root`` (a path or an object-storage URL), read here, on the
+    worker (see :func:`airflow_provider_pacifica.storage.download_destination`).
+    """
     downloads: dict[str, dict[str, Any]] = {}
     for index, cloudevent in enumerate(cloudevents):
         name = safe_name(event_id(cloudevent), fallback=f"event-{index}")
@@ -64,7 +69,7 @@ def downloads_for(cloudevents: list[Any], run_id: str) -> list[dict[str, Any]]:
             if downloads[name]["cloudevent"] == cloudevent:
                 continue  # the same event delivered twice is downloaded once
             name = f"{name}-{index}"  # two events whose ids make the same name: both are kept
-        downloads[name] = {"cloudevent": cloudevent, "destination": destination_for(run_id, name)}
+        downloads[name] = {"cloudevent": cloudevent, "destination": download_destination(run_id, name)}
     return list(downloads.values())
 
 
@@ -127,8 +132,9 @@ def _digest(cloudevent: Any) -> str:
     return hashlib.sha256(json.dumps(cloudevent, sort_keys=True).encode()).hexdigest()
 
 
-def summarize_file(path: Path) -> dict[str, Any]:
-    """Bytes, lines and SHA-256 of one file, read in 1 MiB pieces: memory stays flat for any size."""
+def summarize_file(path: Path | ObjectStoragePath) -> dict[str, Any]:
+    """Bytes, lines and SHA-256 of one file (local or in object storage), read in 1 MiB pieces:
+    memory stays flat for any size."""
     digest, size, lines, binary = hashlib.sha256(), 0, 0, False
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -142,10 +148,16 @@ def summarize_file(path: Path) -> dict[str, Any]:
 @task(outlets=[PACIFICA_DOWNLOADS])
 def summarize(manifest: dict[str, Any], outlet_events=None) -> dict[str, Any]:
     """Per-file bytes, lines and SHA-256, streamed; returns (and emits) only the totals."""
+    conn_id = manifest.get("conn_id")  # object storage: every file has its URL
+
+    def open_url(url: str) -> Any:
+        return ObjectStoragePath(url, conn_id=conn_id).open("rb")
+
     root = Path(manifest["destination"])
     file_count = total_bytes = text_lines = 0
-    for entry in manifest_files(manifest):
-        facts = summarize_file(root / entry["path"])
+    for entry in manifest_files(manifest, open_url=open_url):
+        path = ObjectStoragePath(entry["url"], conn_id=conn_id) if "url" in entry else root / entry["path"]
+        facts = summarize_file(path)
         kind = "binary" if facts["lines"] is None else f"{facts['lines']} lines"
         print(f"{entry['path']}: {facts['bytes']} bytes, {kind}, sha256 {facts['sha256']}")
         file_count += 1

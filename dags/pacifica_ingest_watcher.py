@@ -8,7 +8,7 @@ transactions newer than its cursor (kept in the asset's state store, so a trigge
 metadata outage is caught up after) and records one asset event per transaction, carrying the
 CloudEvent metadata itself emits on ingest in ``extra["payload"]["cloudevent"]``. The events
 start this DAG, which downloads like ``pacifica_cloudevent_download`` (``pacifica_cartd_default``,
-``$PACIFICA_DOWNLOAD_ROOT``) and summarizes the files.
+``[pacifica] download_root``) and summarizes the files.
 
 1. ``pick_cloudevents``: one download per transaction among the run's events (a burst of events
    is folded into one run: each is downloaded). With the webhook DAG on too, an ingest recorded by

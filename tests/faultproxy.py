@@ -6,7 +6,10 @@ Every request is forwarded to Cartd unless a fault is armed:
 * ``cut_next_download(after)``: forward the next cart download but close the connection after
   ``after`` body bytes (a dropped connection in the middle of the tar);
 * ``stall_next_download(seconds)``: hold the next download's answer (a read timeout);
-* ``lose_next_downloads(count)``: answer 404 to the next ``count`` downloads (a purged cart).
+* ``lose_next_downloads(count)``: answer 404 to the next ``count`` downloads (a purged cart);
+* ``hold_next_download(after)``: forward the next download's first ``after`` body bytes, then
+  hold the rest until :meth:`~FaultProxy.release` (a download caught in the middle, e.g. for a
+  worker to be killed there); :attr:`~FaultProxy.holding` is set once the bytes went out.
 
 It records what passed through (method, path, Range header) so tests can check the client's
 behaviour, e.g. that a resume really asked for ``bytes=N-``.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
@@ -33,6 +37,24 @@ class Seen:
     status: int
 
 
+HOLD_LIMIT = 600.0  # seconds a held download waits for release() at most
+
+
+def _held(body: Iterator[bytes], after: int, reached: threading.Event, gate: threading.Event) -> Iterator[bytes]:
+    """``body``, stopping after ``after`` bytes until ``gate`` is set (``reached`` says it stopped)."""
+    sent, held = 0, False
+    for chunk in body:
+        if not held and sent + len(chunk) > after:
+            cut = after - sent
+            yield chunk[:cut]
+            held = True
+            reached.set()
+            gate.wait(HOLD_LIMIT)
+            chunk = chunk[cut:]
+        sent += len(chunk)
+        yield chunk
+
+
 class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
@@ -41,6 +63,9 @@ class FaultProxy:
         self._cuts: deque[int] = deque()
         self._stalls: deque[float] = deque()
         self._lost = 0
+        self._holds: deque[int] = deque()
+        self.holding = threading.Event()  # a held download sent its first bytes and waits
+        self._gate = threading.Event()
         self._lock = threading.Lock()
         self._server = ScriptedServer()
         self._server.handler = self._handle
@@ -63,6 +88,16 @@ class FaultProxy:
         with self._lock:
             self._lost += count
 
+    def hold_next_download(self, after: int) -> None:
+        with self._lock:
+            self.holding.clear()
+            self._gate.clear()
+            self._holds.append(after)
+
+    def release(self) -> None:
+        """Let a held download go on (its client may be gone by then: the proxy then drops it)."""
+        self._gate.set()
+
     def downloads(self) -> list[Seen]:
         return [s for s in self.seen if s.method == "GET" and s.path != "/"]
 
@@ -78,6 +113,7 @@ class FaultProxy:
             injected = self._failures.popleft() if self._failures else None
             cut = self._cuts.popleft() if download and self._cuts else None
             stall = self._stalls.popleft() if download and self._stalls else 0.0
+            hold = self._holds.popleft() if download and self._holds else None
             lost = download and self._lost > 0
             if lost:
                 self._lost -= 1
@@ -106,4 +142,6 @@ class FaultProxy:
             reply_headers.pop("Content-Length", None)
             return Reply(upstream.status_code, reply_headers, b"")
         body = upstream.raw.stream(65536, decode_content=False)
+        if hold is not None:
+            body = _held(body, hold, self.holding, self._gate)
         return Reply(upstream.status_code, reply_headers, body, chunked=not sized, cut_after=cut, delay=stall)

@@ -46,14 +46,18 @@ from airflow_provider_pacifica.extraction import extract_cart
 from airflow_provider_pacifica.hooks import cartd_async
 from airflow_provider_pacifica.hooks.cart_reader import CartReader
 from airflow_provider_pacifica.hooks.service import PacificaServiceHook
+from airflow_provider_pacifica.objectstore import download_to_store
+from airflow_provider_pacifica.storage import StoreDestination, resolve_destination
 
 if TYPE_CHECKING:
     import os
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
     import aiohttp
+    from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_pacifica.extraction import ExtractedFile, Progress
+    from airflow_provider_pacifica.storage import Destination
 
 # A POST that reached Cartd may have created the cart: urllib3 re-sends it after a connect error
 # (it never left) and, by this list, after an answer saying Cartd did not process it.
@@ -351,7 +355,7 @@ class PacificaCartdHook(PacificaServiceHook[CartdConnectionConfig]):
         self,
         cart_uid: str,
         files: Sequence[CartFile],
-        destination: str | os.PathLike[str],
+        destination: str | os.PathLike[str] | ObjectStoragePath | Destination,
         *,
         bundle: bool = False,
         attempts: int = 3,
@@ -363,23 +367,41 @@ class PacificaCartdHook(PacificaServiceHook[CartdConnectionConfig]):
     ) -> list[ExtractedFile]:
         """Stream the ready cart, verify every file and publish them under ``destination``.
 
-        A broken stream is resumed (bundle mode, up to ``max_resumes``) or the download started
-        again (up to ``attempts``); see :func:`~airflow_provider_pacifica.extraction.extract_cart`
-        for what is verified and how it is published.
+        ``destination`` is an absolute local path or an ``ObjectStoragePath`` (see
+        :func:`~airflow_provider_pacifica.storage.resolve_destination`; a relative path or a URL
+        string raises ``InvalidInputError``). A broken stream is resumed (bundle mode, up to
+        ``max_resumes``) or the download started again (up to ``attempts``); see
+        :func:`~airflow_provider_pacifica.extraction.extract_cart` and
+        :func:`~airflow_provider_pacifica.objectstore.download_to_store` for what is verified
+        and how it is published. ``durable`` applies to local destinations (an object store
+        acknowledges a write once it is stored).
 
         :raises CartFailedError: the cart turned to error before its download began.
         :raises CartNotFoundError: the cart vanished.
         :raises CartdTransientError: the download broke ``attempts`` times, or Cartd was unreachable.
         :raises ExtractionError: a hostile or wrong tar, or a destination that cannot take it.
         """
+        target = resolve_destination(destination)
         top_dir = cart_uid if bundle else "data"  # Cartd's top directory: the uid, or ?filename= less .tar
         for attempt in range(1, attempts + 1):
             try:
                 with self.read_cart(cart_uid, filename=f"{top_dir}.tar", max_resumes=max_resumes) as reader:
+                    if isinstance(target, StoreDestination):
+                        return download_to_store(
+                            reader,
+                            files,
+                            target.fs,
+                            target.root,
+                            top_dir,
+                            cart_key=staging_key or cart_uid,
+                            conn_id=target.conn_id,
+                            on_progress=on_progress,
+                            progress_interval=progress_interval,
+                        )
                     return extract_cart(
                         reader,
                         files,
-                        destination,
+                        target,
                         top_dir,
                         on_progress=on_progress,
                         progress_interval=progress_interval,

@@ -33,15 +33,18 @@ from airflow_provider_pacifica.exceptions import (
     RollbackError,
     StreamError,
 )
-from airflow_provider_pacifica.extraction import ExtractedFile, verify_published
 from airflow_provider_pacifica.hooks.cartd import RECREATED_SUFFIX, PacificaCartdHook
+from airflow_provider_pacifica.objectstore import manifest_path, object_url
+from airflow_provider_pacifica.storage import Destination, StoreDestination, published_files, resolve_destination
 from airflow_provider_pacifica.triggers.cartd import CartReadyTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.providers.openlineage.extractors import OperatorLineage
-    from airflow.sdk import Context
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_pacifica.extraction import ExtractedFile
 
 DIAGNOSE_MAX_FILES = 16  # the default of diagnose_max_files when the wait is not deferred
 
@@ -64,7 +67,17 @@ class PacificaDownloadOperator(BaseOperator):
     ``<destination>/.pacifica-files-<cart uid>.json``, and the manifest holds its path in
     ``"files_path"`` (``batching.manifest_files`` reads either form).
 
-    :param destination: the directory to publish into (templated).
+    In object storage (``destination=ObjectStoragePath("s3://bucket/prefix", conn_id="aws_s3")``)
+    the files are streamed into the store and verified before any appears at its final name;
+    the manifest object ``<destination>/.pacifica-manifest-<cart uid>.json`` is written last (the
+    commit marker, see :mod:`airflow_provider_pacifica.objectstore`). The XCom manifest then
+    gives ``"destination"`` as a URL, the store's ``"conn_id"``, and each file's ``"url"``, so a
+    downstream task opens it with ``ObjectStoragePath(url, conn_id=...)``; a big list is read from
+    the manifest object, named by ``"files_url"``.
+
+    :param destination: where to publish (templated): an absolute local directory, on storage
+        every worker sees when there are several, or an ``airflow.sdk.ObjectStoragePath``. A
+        relative path or a URL given as a string fails the task at once.
     :param cloudevent: a Pacifica ingest CloudEvent, dict or JSON string (templated).
     :param files: a list of ``{"id", "path", "hashtype", "hashsum", "size"}`` dicts (templated).
     :param transaction_info: a Policy transaction-info document (templated).
@@ -113,7 +126,7 @@ class PacificaDownloadOperator(BaseOperator):
     def __init__(
         self,
         *,
-        destination: str,
+        destination: str | os.PathLike[str] | ObjectStoragePath,
         cloudevent: dict[str, Any] | str | None = None,
         files: list[dict[str, Any]] | str | None = None,
         transaction_info: dict[str, Any] | str | None = None,
@@ -216,16 +229,26 @@ class PacificaDownloadOperator(BaseOperator):
 
     # -- execution ------------------------------------------------------------------------
 
+    @cached_property
+    def target(self) -> Destination:
+        """The resolved destination (a local directory or a store); a bad one fails the task at once."""
+        try:
+            return resolve_destination(self.destination)
+        except InvalidInputError as err:
+            raise AirflowFailException(f"cannot download: {err}") from err
+
     def execute(self, context: Context) -> dict[str, Any]:
         files, event_summary = self.requested_files()
+        target = self.target
         cart_uid = self.cart_uid_for(context, files)
         with contextlib.closing(self.hook) as hook, self._outcomes(hook, cart_uid):
-            if self.skip_if_present and (present := verify_published(files, self.destination)) is not None:
+            present = published_files(target, files, _original_uid(cart_uid)) if self.skip_if_present else None
+            if present is not None:
                 # A retry after the files were published (e.g. the XCom push failed): no second download.
                 self.log.info(
-                    "All %d file(s) are already in %s with the right hashes; not downloading",
+                    "All %d file(s) are already published in %s, verified; not downloading",
                     len(files),
-                    self.destination,
+                    target,
                 )
                 self._delete_carts(hook, cart_uid)
                 return self._manifest(cart_uid, present, event_summary)
@@ -302,7 +325,7 @@ class PacificaDownloadOperator(BaseOperator):
         extracted = hook.download_cart(
             cart_uid,
             files,
-            self.destination,
+            self.target,
             bundle=self.bundle,
             attempts=self.download_attempts,
             max_resumes=self.max_resumes,
@@ -374,10 +397,10 @@ class PacificaDownloadOperator(BaseOperator):
         except RollbackError as err:  # a person must put the kept files back: a retry must not touch them
             raise AirflowFailException(f"cart {cart_uid}: {err}") from err
         except (StreamError, DestinationWriteError) as err:
-            raise AirflowException(f"cart {cart_uid}: {err}; {self.destination} was left unchanged") from err
+            raise AirflowException(f"cart {cart_uid}: {err}; {self.target} was left unchanged") from err
         except ExtractionError as err:  # hostile or wrong tar, or a destination that conflicts
             self._delete_carts(hook, cart_uid)
-            raise AirflowFailException(f"cart {cart_uid}: {err}; {self.destination} was left unchanged") from err
+            raise AirflowFailException(f"cart {cart_uid}: {err}; {self.target} was left unchanged") from err
         except PacificaError as err:  # Cartd unreachable, a wait that timed out, an unexpected answer
             raise AirflowException(str(err)) from err
 
@@ -414,7 +437,10 @@ class PacificaDownloadOperator(BaseOperator):
     def _manifest(
         self, cart_uid: str, extracted: Sequence[ExtractedFile], event_summary: dict[str, Any] | None
     ) -> dict[str, Any]:
-        destination = Path(self.destination).absolute()
+        target = self.target
+        if isinstance(target, StoreDestination):
+            return self._store_manifest(target, cart_uid, extracted, event_summary)
+        destination = Path(target).absolute()
         files = [f.to_dict() for f in extracted]
         manifest: dict[str, Any] = {
             "destination": str(destination),
@@ -431,6 +457,29 @@ class PacificaDownloadOperator(BaseOperator):
             partial.write_text(json.dumps(manifest.pop("files")))
             os.replace(partial, path)  # whole or not at all
             manifest["files_path"] = str(path)
+        return manifest
+
+    def _store_manifest(
+        self,
+        target: StoreDestination,
+        cart_uid: str,
+        extracted: Sequence[ExtractedFile],
+        event_summary: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        files = [{**f.to_dict(), "url": object_url(target.fs, f"{target.root}/{f.path}")} for f in extracted]
+        manifest: dict[str, Any] = {
+            "destination": target.url,
+            "conn_id": target.conn_id,
+            "cart_uid": cart_uid,
+            "file_count": len(extracted),
+            "total_bytes": sum(f.size for f in extracted),
+            "files": files,
+            "event": event_summary,
+        }
+        self._published = (dict(manifest), files)
+        if len(extracted) > self.manifest_max_files:  # the manifest object already lists them all
+            del manifest["files"]
+            manifest["files_url"] = object_url(target.fs, manifest_path(target.root, _original_uid(cart_uid)))
         return manifest
 
 

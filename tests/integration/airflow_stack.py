@@ -3,7 +3,8 @@
 Fresh AIRFLOW_HOME and sqlite DB per run (a trigger id leak on sqlite makes reused homes hang,
 see airflow-live.md §4.6); the scheduler and triggerer run with --skip-serve-logs so the only
 listener is the api-server on 127.0.0.1. Every process is started in its own session and stopped
-by pid.
+by pid. :meth:`AirflowStack.add_component` adds more (a second api-server, Celery workers), each
+with its own command and environment (tests/integration/distributed_airflow.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ COMPONENTS = {
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
+# The part of /api/v2/monitor/health that reports each component, when it runs.
+HEALTH_PARTS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 
 # The simple auth manager's user and the password start_airflow writes to its passwords file.
 ADMIN_USER = "admin"
@@ -48,6 +51,13 @@ class AirflowStack:
     url: str
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     token: str = ""
+    commands: dict[str, list[str]] = field(default_factory=lambda: dict(COMPONENTS))
+    component_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per component, over ``env``
+
+    def add_component(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        """Declare another component (``airflow <command>``, ``env`` over the stack's); :meth:`launch` starts it."""
+        self.commands[name] = command
+        self.component_env[name] = env or {}
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
@@ -60,7 +70,7 @@ class AirflowStack:
 
     def log_tail(self, lines: int = 40) -> str:
         out = []
-        for name in COMPONENTS:
+        for name in self.commands:
             if not (self.home / f"{name}.log").exists():  # a component this stack did not start
                 continue
             text = (self.home / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
@@ -71,7 +81,11 @@ class AirflowStack:
         """Start one component (appending to its log)."""
         with (self.home / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                [AIRFLOW, *COMPONENTS[name]], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [AIRFLOW, *self.commands[name]],
+                env={**self.env, **self.component_env.get(name, {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def stop_component(self, name: str) -> None:
@@ -160,7 +174,7 @@ def wait_until_healthy(stack: AirflowStack, timeout: float) -> None:
             if stack.token:
                 health = stack.get("/api/v2/monitor/health")
                 last = json.dumps(health)
-                parts = ("metadatabase", *(n.replace("-", "_") for n in stack.processes if n != "api-server"))
+                parts = ("metadatabase", *(HEALTH_PARTS[n] for n in stack.processes if n in HEALTH_PARTS))
                 if all((health.get(part) or {}).get("status") == "healthy" for part in parts):
                     return
         except requests.RequestException as err:

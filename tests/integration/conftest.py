@@ -161,3 +161,87 @@ def pacifica_stack(tmp_path_factory):
         subprocess.run(
             [sys.executable, str(PACIFICA_STACK), "stop", "--workdir", str(workdir)], timeout=120, check=False
         )
+
+
+# -- a real S3-compatible server (scripts/s3-stack: SeaweedFS), shared by every test that needs S3 --
+
+S3_STACK = REPO / "scripts" / "s3-stack"
+
+
+@dataclass(frozen=True)
+class S3Stack:
+    """The running S3 server: its endpoint, credentials and bucket, and the Airflow ``aws`` connection for it."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    region: str
+    workdir: Path
+
+    def connection(self) -> dict:
+        """An Airflow ``aws`` connection (JSON form, for ``set_connection`` or AIRFLOW_CONN_*)."""
+        return {
+            "conn_type": "aws",
+            "login": self.access_key,
+            "password": self.secret_key,
+            "extra": {"endpoint_url": self.endpoint_url, "region_name": self.region},
+        }
+
+    def connection_json(self) -> str:
+        return json.dumps(self.connection())
+
+    def url(self, *parts: str) -> str:
+        """``s3://<bucket>/<parts...>``."""
+        return "/".join([f"s3://{self.bucket}", *(part.strip("/") for part in parts)])
+
+    def client(self):
+        """A boto3 S3 client (for checks the provider does not make: listings, multipart uploads)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under ``prefix`` in the bucket."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def multipart_uploads(self, prefix: str = "") -> list[dict]:
+        """The unfinished multipart uploads under ``prefix``."""
+        return self.client().list_multipart_uploads(Bucket=self.bucket, Prefix=prefix).get("Uploads") or []
+
+
+@pytest.fixture(scope="session")
+def s3_stack(tmp_path_factory):
+    """SeaweedFS's S3 gateway on 127.0.0.1 with one bucket (fails, never skips, if it cannot start)."""
+    workdir = tmp_path_factory.mktemp("s3-stack")
+    result = subprocess.run(
+        [sys.executable, str(S3_STACK), "start", "--workdir", str(workdir)], capture_output=True, text=True, timeout=600
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/s3-stack start failed:\n{result.stderr[-4000:]}", pytrace=False)
+    values = parse_env(result.stdout)
+    try:
+        yield S3Stack(
+            values["S3_ENDPOINT_URL"],
+            values["S3_ACCESS_KEY"],
+            values["S3_SECRET_KEY"],
+            values["S3_BUCKET"],
+            values["S3_REGION"],
+            workdir,
+        )
+    finally:
+        subprocess.run([sys.executable, str(S3_STACK), "stop", "--workdir", str(workdir)], timeout=120, check=False)
+
+
+@pytest.fixture
+def s3_connection(s3_stack, set_connection):
+    """The Airflow connection ``aws_s3`` (type ``aws``, ``endpoint_url`` in its extra) to the test S3 server."""
+    set_connection("aws_s3", s3_stack.connection())
+    return "aws_s3"

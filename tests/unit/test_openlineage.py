@@ -24,3 +24,16 @@ def test_a_huge_download_lists_at_most_max_checksums_and_says_how_many_it_left_o
     assert [f["path"] for f in facet.files] == ["f0", "f1"]
     assert facet.omitted == 3
     assert "id" not in facet.files[0]
+
+
+def test_an_s3_download_is_named_by_bucket_and_prefix_and_a_local_one_by_host_and_path():
+    import socket
+
+    def output_of(destination: str):
+        manifest = {"destination": destination, "cart_uid": "c1", "file_count": 0, "total_bytes": 0, "event": None}
+        (output,) = openlineage.download_lineage(manifest, "http://cartd:8081", []).outputs
+        return output.namespace, output.name
+
+    assert output_of("s3://pacifica/downloads/run-1/evt") == ("s3://pacifica", "downloads/run-1/evt")
+    assert output_of("s3://pacifica") == ("s3://pacifica", "/")
+    assert output_of("/data/x") == (f"file://{socket.getfqdn()}", "/data/x")

@@ -1,0 +1,492 @@
+"""Verified downloads into object storage (S3 and any other fsspec filesystem).
+
+Plain Python, no Airflow import: it takes an fsspec filesystem and a root path in it
+(``bucket/prefix`` for S3). The members of the cart's tar are checked, hashed and verified by the
+same loop as local downloads (:func:`~airflow_provider_pacifica.extraction.stream_verified_files`);
+this module only decides where the bytes go:
+
+* each file is streamed straight into the store, in parts of ``part_size`` bytes (8 MiB: S3's
+  multipart minimum is 5 MiB; s3fs's default 50 MiB buffer would cost ~150 MiB of memory), so
+  memory stays flat whatever the file and cart sizes; files smaller than a part are gathered into
+  batches (at most 4 MiB or 256 files) put concurrently, from a thread that overlaps the store's
+  round trips with reading the tar;
+* nothing is visible at its final name until every file is verified. On S3, a file of at least
+  one part goes straight to its final key as a multipart upload whose CompleteMultipartUpload is
+  held back until then (an unfinished upload is invisible, and completing it copies nothing);
+  smaller files, and every file on other fsspec backends (GCS, Azure, ...), are written under a
+  staging prefix named from the cart uid (``<root>/.pacifica-staging-<key>/``) and copied into
+  place (server-side on S3). Small files are not held as multipart uploads: one PUT and one copy
+  cost fewer requests than three multipart calls each. A later attempt finds what a killed one
+  left by name: the staging prefix, and unfinished uploads to the keys of this download's files;
+* the manifest object ``<root>/.pacifica-manifest-<cart uid>.json`` is written LAST: it is the
+  commit marker. A download without it did not finish, whatever objects it left;
+* on any failure what was written is removed (staging objects, multipart uploads aborted,
+  objects already put into place that were not there before);
+* a retry finds the committed manifest, checks the objects still exist with the right sizes, and
+  does not download again (:func:`verify_published_objects`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import queue
+import re
+import threading
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_pacifica.exceptions import DestinationWriteError, InvalidInputError
+from airflow_provider_pacifica.extraction import ExtractedFile, stream_verified_files
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from fsspec import AbstractFileSystem
+
+    from airflow_provider_pacifica.cloudevents import CartFile
+    from airflow_provider_pacifica.extraction import Progress
+    from airflow_provider_pacifica.tarstream import Readable
+
+PART_SIZE = 8 << 20
+BATCH_BYTES = 4 << 20  # small files put together, at most this many bytes...
+BATCH_FILES = 256  # ...and files per batch (the queue holds at most 8 batches)
+MIN_PART_SIZE = 5 << 20  # S3 refuses smaller parts (but the last)
+MANIFEST_PREFIX = ".pacifica-manifest-"
+STAGING_PREFIX = ".pacifica-staging-"
+MANIFEST_FORMAT = 1
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+log = logging.getLogger(__name__)
+
+
+def store_root(fs: AbstractFileSystem, root: str) -> str:
+    """``root`` as ``fs`` names it (no protocol, no trailing ``/``); refuses an empty one."""
+    path = fs._strip_protocol(str(root)).rstrip("/")
+    if not path:
+        raise InvalidInputError(f"object storage destination {root!r} names no bucket or path")
+    return path
+
+
+def object_url(fs: AbstractFileSystem, path: str) -> str:
+    """The URL of ``path`` in ``fs`` (``s3://bucket/key``), what ``ObjectStoragePath`` opens."""
+    return fs.unstrip_protocol(path)
+
+
+def manifest_path(root: str, cart_key: str) -> str:
+    """Where the manifest (commit marker) of the download keyed ``cart_key`` lives under ``root``."""
+    name = _UNSAFE.sub("_", cart_key).strip("._")[:150] or "unkeyed"
+    return f"{root}/{MANIFEST_PREFIX}{name}.json"
+
+
+def staging_path(root: str, cart_key: str) -> str:
+    """The staging prefix of the download keyed ``cart_key`` (the same for every attempt)."""
+    key = hashlib.sha256(cart_key.encode()).hexdigest()[:16] if cart_key else "unkeyed"
+    return f"{root}/{STAGING_PREFIX}{key}"
+
+
+def _is_s3(fs: AbstractFileSystem) -> bool:
+    """Whether ``fs`` speaks S3's multipart API (s3fs), for uploads held back until all are verified."""
+    return callable(getattr(fs, "call_s3", None)) and callable(getattr(fs, "split_path", None))
+
+
+class _DeferredUpload:
+    """A multipart upload straight to a file's final key, completed only by :meth:`complete`.
+
+    Until then the object does not exist for any reader; :meth:`discard` aborts it. Parts are
+    ``part_size`` bytes or a little more (one buffer of the tar's chunks); the last may be smaller.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, path: str, part_size: int) -> None:
+        self.path = path
+        self._fs = fs
+        self._bucket, self._key, _ = fs.split_path(path)
+        self._part_size = part_size
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._upload_id: str | None = None
+        self.closed = self.completed = False
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        return self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
+
+    def write(self, chunk: memoryview) -> None:
+        self._buffer += chunk
+        if len(self._buffer) >= self._part_size:
+            self._send()
+
+    def _send(self) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._call("create_multipart_upload")["UploadId"]
+        number = len(self._parts) + 1
+        answer = self._call("upload_part", UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer))
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        self._buffer = bytearray()
+
+    def close(self) -> None:
+        if self._buffer or not self._parts:
+            self._send()
+        self.closed = True
+
+    def complete(self) -> None:
+        self._call("complete_multipart_upload", UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
+        self.completed = True
+
+    def discard(self) -> None:
+        if self._upload_id is not None and not self.completed:
+            upload_id, self._upload_id = self._upload_id, None
+            self._call("abort_multipart_upload", UploadId=upload_id)
+
+
+class _SmallFile:
+    """A file smaller than a part: kept in memory, then uploaded with others in one concurrent batch."""
+
+    __slots__ = ("data", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.data = bytearray()
+
+
+class _StoreSink:
+    """Files under the staging prefix (or, on S3, held-back multipart uploads to their final keys).
+
+    The uploads run in a thread of their own, fed through a bounded queue: the store's round
+    trips overlap with reading and hashing the tar instead of stalling them (memory: at most
+    ``depth`` items in the queue, one part per file being written). Files smaller than a part are
+    gathered into batches of at most ``BATCH_BYTES``/``BATCH_FILES`` and put concurrently
+    (``fs.pipe``): one round trip at a time per small file would make thousands of them slow. The
+    thread's first error is raised at the next write, close or :meth:`finish`; after it the thread
+    only drains.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, staging: str, root: str, part_size: int, depth: int = 8) -> None:
+        self.where = f"into {object_url(fs, staging)}"
+        self._fs = fs
+        self._staging = staging
+        self._root = root
+        self._part_size = part_size
+        self._s3 = _is_s3(fs)
+        self.deferred: dict[str, _DeferredUpload] = {}  # relative path -> upload held back until all are verified
+        self._opened: set[str] = set()
+        self._handles: list[Any] = []  # every file opened, to abort what is unfinished on failure
+        self._batch: dict[str, bytes] = {}  # small files waiting to be put together
+        self._batch_bytes = 0
+        self._queue: queue.Queue[tuple[str, Any, Any] | None] = queue.Queue(maxsize=depth)
+        self._error: tuple[str, BaseException] | None = None
+        self._thread = threading.Thread(target=self._upload, name="pacifica-store-upload", daemon=True)
+        self._thread.start()
+
+    def _upload(self) -> None:
+        while (item := self._queue.get()) is not None:
+            action, handle, chunk = item
+            if self._error is not None:
+                continue  # drain, so the reader never blocks on a full queue
+            try:
+                if action == "write":
+                    handle.write(chunk)  # uploads a part whenever part_size bytes are buffered
+                elif action == "close":
+                    handle.close()  # the last part and CompleteMultipartUpload
+                else:
+                    self._fs.pipe(handle)  # a batch of small files, {path: bytes}, put concurrently
+            except BaseException as err:
+                where = f"one of {len(handle)} files from {next(iter(handle))}" if action == "pipe" else handle.path
+                self._error = (str(where), err)
+
+    def _raise_error(self) -> None:
+        if self._error is None:
+            return
+        path, err = self._error
+        reason = (err.strerror or str(err)) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+        raise DestinationWriteError(f"{reason} ({path}); nothing was published") from err
+
+    def _put(self, item: tuple[str, Any, Any] | None) -> None:
+        while True:
+            self._raise_error()
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise DestinationWriteError("the upload thread stopped") from None
+
+    def open(self, relative: str, size: int) -> Any:
+        if relative in self._opened:  # an object store would silently overwrite it
+            raise FileExistsError(17, "file exists", relative)
+        self._opened.add(relative)
+        self._raise_error()
+        if size < self._part_size:
+            return _SmallFile(f"{self._staging}/{relative}")
+        if self._s3:
+            upload = _DeferredUpload(self._fs, f"{self._root}/{relative}", self._part_size)
+            self.deferred[relative] = upload
+            self._handles.append(upload)
+            return upload
+        try:  # no request yet: the parts go up from the thread
+            handle = self._fs.open(f"{self._staging}/{relative}", "wb", block_size=self._part_size)
+        except OSError:
+            raise
+        except Exception as err:  # botocore's and aiohttp's errors are not all OSErrors
+            raise DestinationWriteError(f"{type(err).__name__}: {err}") from err
+        self._handles.append(handle)
+        return handle
+
+    def write(self, handle: Any, chunk: memoryview) -> None:
+        if type(handle) is _SmallFile:
+            handle.data += chunk
+        else:
+            self._put(("write", handle, chunk))  # the chunk is a slice of an immutable read: safe to hand over
+
+    def close(self, handle: Any) -> None:
+        if type(handle) is not _SmallFile:
+            self._put(("close", handle, None))
+            return
+        self._batch[handle.path] = bytes(handle.data)
+        self._batch_bytes += len(handle.data)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FILES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, {}, 0
+            self._put(("pipe", batch, None))
+
+    def discard(self, handle: Any) -> None:
+        """Nothing here: :meth:`abort` aborts every unfinished upload once the thread has stopped."""
+
+    def finish(self) -> None:
+        """Wait for every upload to complete; raise the first error."""
+        self._flush_batch()
+        self._put(None)
+        self._thread.join()
+        try:
+            self._raise_error()
+        except DestinationWriteError as err:
+            raise DestinationWriteError(f"could not write {self.where}: {err}") from err.__cause__
+
+    def abort(self) -> None:
+        """Stop the thread and abort every unfinished upload (s3fs: AbortMultipartUpload)."""
+        if self._thread.is_alive():
+            self._error = self._error or ("", RuntimeError("aborted"))  # the thread drains from here
+            with contextlib.suppress(queue.Empty):
+                while True:  # make room for the end marker
+                    self._queue.get_nowait()
+            self._queue.put(None)
+            self._thread.join()
+        for handle in self._handles:
+            if isinstance(handle, _DeferredUpload):
+                with contextlib.suppress(Exception):
+                    handle.discard()  # AbortMultipartUpload, unless it was completed
+                continue
+            if getattr(handle, "closed", True):
+                continue
+            with contextlib.suppress(Exception):  # a clean-up must not hide the failure it follows
+                discard = getattr(handle, "discard", None)
+                if discard is not None:  # fsspec's buffered files: s3fs aborts the multipart upload
+                    discard()
+                    handle.closed = True  # never completed by a later close() (or __del__)
+                else:
+                    handle.close()  # the staging prefix is removed whole
+
+
+def download_to_store(
+    stream: Readable,
+    files: Sequence[CartFile],
+    fs: AbstractFileSystem,
+    root: str,
+    top_dir: str,
+    *,
+    cart_key: str,
+    conn_id: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_interval: float = 5.0,
+    part_size: int = PART_SIZE,
+) -> list[ExtractedFile]:
+    """Read a cart tar from ``stream`` and publish the verified ``files`` under ``root`` in ``fs``.
+
+    :param stream: a binary file object read sequentially (e.g. ``response.raw``).
+    :param files: the requested files; each lands at ``<root>/<path>``.
+    :param fs: the fsspec filesystem (``ObjectStoragePath(...).fs``).
+    :param root: the destination in ``fs``: ``bucket/prefix`` or ``s3://bucket/prefix``.
+    :param top_dir: the tar's top directory (see :func:`~airflow_provider_pacifica.extraction.extract_cart`).
+    :param cart_key: names the staging prefix and the manifest: the same for every attempt of
+        one download (the original cart uid). A killed attempt's staging is removed first.
+    :param conn_id: the Airflow connection of the store, recorded in the manifest for readers.
+    :param on_progress: called with a :class:`~airflow_provider_pacifica.extraction.Progress`
+        every ``progress_interval`` seconds and at the end.
+    :param part_size: bytes buffered per uploaded part (at least 5 MiB, S3's minimum).
+    :raises UnsafeMemberError: a member that must not be extracted.
+    :raises VerificationError: wrong size or hash, or a requested file did not arrive.
+    :raises StreamError: the stream ended early or is not a tar.
+    :raises DestinationWriteError: the store refused a write, a copy or the manifest.
+    """
+    if part_size < MIN_PART_SIZE:
+        raise InvalidInputError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum), got {part_size}")
+    if not cart_key:
+        raise InvalidInputError("cart_key must name the download (the cart uid)")
+    root = store_root(fs, root)
+    staging = staging_path(root, cart_key)
+    remove_stale_staging(fs, staging)
+    if _is_s3(fs):  # a killed attempt's unfinished uploads to this download's keys
+        _abort_multipart_uploads(fs, root, keys={f"{root}/{file.path}" for file in files})
+    copied: list[str] = []
+    published = False
+    sink = _StoreSink(fs, staging, root, part_size)
+    try:
+        extracted = stream_verified_files(
+            stream,
+            files,
+            top_dir,
+            sink,
+            on_progress=on_progress,
+            progress_interval=progress_interval,
+        )
+        sink.finish()  # an upload that fails after its file's turn in the loop is raised here
+        _publish(fs, staging, root, extracted, sink.deferred, copied)
+        write_manifest(fs, root, cart_key, extracted, conn_id)
+        published = True
+        return extracted
+    finally:
+        with contextlib.suppress(Exception):  # nothing may hide the outcome; a later attempt retries this
+            sink.abort()  # stops the upload thread; aborts every upload not completed
+            if not published:
+                _remove(fs, root, copied)
+            _remove_prefix(fs, staging)
+
+
+def _publish(
+    fs: AbstractFileSystem,
+    staging: str,
+    root: str,
+    extracted: Sequence[ExtractedFile],
+    deferred: dict[str, _DeferredUpload],
+    copied: list[str],
+) -> None:
+    """Put every verified file into place: copy it from the staging prefix (server-side on S3), or
+    complete its held-back multipart upload.
+
+    Objects that were not there before are recorded in ``copied``, so that a failure midway
+    removes them again; one that replaced an earlier object stays (its old content is gone).
+    """
+    fs.invalidate_cache(root)
+    existing = set(fs.find(root)) if fs.exists(root) else set()
+    copied.extend(target for file in extracted if (target := f"{root}/{file.path}") not in existing)
+    staged = [file.path for file in extracted if file.path not in deferred]
+    try:
+        if staged:  # s3fs copies concurrently, in batches
+            fs.copy([f"{staging}/{path}" for path in staged], [f"{root}/{path}" for path in staged])
+        for upload in deferred.values():
+            upload.complete()
+    except Exception as err:
+        raise DestinationWriteError(
+            f"could not copy the verified files into {object_url(fs, root)}: {type(err).__name__}: {err}; "
+            "the files it had added were removed"
+        ) from err
+
+
+def write_manifest(
+    fs: AbstractFileSystem, root: str, cart_key: str, extracted: Sequence[ExtractedFile], conn_id: str | None
+) -> str:
+    """Write the commit marker: the manifest object listing every published file with its URL."""
+    path = manifest_path(root, cart_key)
+    document = {
+        "format": MANIFEST_FORMAT,
+        "cart": cart_key,
+        "destination": object_url(fs, root),
+        "conn_id": conn_id,
+        "files": [{**file.to_dict(), "url": object_url(fs, f"{root}/{file.path}")} for file in extracted],
+    }
+    try:
+        fs.pipe_file(path, json.dumps(document, ensure_ascii=False).encode())
+    except Exception as err:
+        raise DestinationWriteError(
+            f"could not write the manifest {object_url(fs, path)}: {type(err).__name__}: {err}; nothing was published"
+        ) from err
+    return path
+
+
+def verify_published_objects(
+    fs: AbstractFileSystem, root: str, files: Sequence[CartFile], cart_key: str
+) -> list[ExtractedFile] | None:
+    """The files if a finished download of ``cart_key`` published them all under ``root``, else None.
+
+    Its manifest must list exactly these files with the same hashes, and each object must still
+    exist with the right size (nothing is read back: the manifest attests the hashes were verified
+    when the objects were written).
+    """
+    root = store_root(fs, root)
+    fs.invalidate_cache(root)
+    try:
+        document = json.loads(fs.cat_file(manifest_path(root, cart_key)))
+        listed = {entry["path"]: entry for entry in document["files"]}
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    if len(listed) != len(files):
+        return None
+    for file in files:
+        entry = listed.get(file.path)
+        if (
+            entry is None
+            or entry.get("hashtype") != file.hashtype
+            or entry.get("hashsum") != file.hashsum
+            or (file.size is not None and entry.get("size") != file.size)
+        ):
+            return None
+    present = fs.find(root, detail=True)
+    verified = []
+    for file in files:
+        entry = listed[file.path]
+        info = present.get(f"{root}/{file.path}")
+        if info is None or info.get("type") != "file" or info.get("size") != entry["size"]:
+            return None
+        verified.append(ExtractedFile(file.id, file.path, int(entry["size"]), file.hashtype, file.hashsum))
+    return verified
+
+
+def remove_stale_staging(fs: AbstractFileSystem, staging: str) -> None:
+    """Remove what a killed attempt left under ``staging``: its objects and its multipart uploads."""
+    _abort_multipart_uploads(fs, staging)
+    fs.invalidate_cache(staging)
+    if fs.exists(staging):
+        log.info("Removing the staging %s of an earlier attempt", object_url(fs, staging))
+        _remove_prefix(fs, staging)
+
+
+def _abort_multipart_uploads(fs: AbstractFileSystem, prefix: str, keys: set[str] | None = None) -> None:
+    """Abort the unfinished multipart uploads under ``prefix`` (only those to ``keys``, paths as
+    ``fs`` names them, when given). S3 only: other stores have none."""
+    if not _is_s3(fs):
+        return
+    bucket, key, _ = fs.split_path(prefix)
+    marker: dict[str, str] = {}
+    while True:
+        answer = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{key}/", **marker)
+        for upload in answer.get("Uploads") or []:
+            name = upload.get("Key", "")
+            if not name.startswith(f"{key}/"):  # a store may ignore Prefix
+                continue
+            if keys is None or f"{bucket}/{name}" in keys:
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload["UploadId"])
+        if not answer.get("IsTruncated"):
+            return
+        marker = {"KeyMarker": answer["NextKeyMarker"], "UploadIdMarker": answer["NextUploadIdMarker"]}
+
+
+def _remove_prefix(fs: AbstractFileSystem, prefix: str) -> None:
+    fs.invalidate_cache(prefix)
+    found = fs.find(prefix)
+    if found:
+        fs.rm(found)
+    fs.invalidate_cache(prefix)
+
+
+def _remove(fs: AbstractFileSystem, root: str, paths: list[str]) -> None:
+    """Remove those of ``paths`` that exist (one listing, not one request per path)."""
+    if not paths:
+        return
+    fs.invalidate_cache(root)
+    present = set(fs.find(root)).intersection(paths)
+    if present:
+        fs.rm(sorted(present))
+    fs.invalidate_cache(root)

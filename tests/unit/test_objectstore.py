@@ -1,0 +1,146 @@
+"""The object-storage sink on fsspec's in-memory filesystem (the real S3 is in tests/integration/test_s3.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+from airflow_provider_pacifica import objectstore
+from airflow_provider_pacifica.exceptions import DestinationWriteError, InvalidInputError
+from airflow_provider_pacifica.objectstore import download_to_store, verify_published_objects
+from tests.tars import CONTENTS, build_tar, cart_files, hostile_tars
+from tests.unit.test_extraction import EXPECTED_ERRORS
+
+
+@pytest.fixture
+def fs():
+    memory = MemoryFileSystem()
+    memory.store.clear()
+    memory.pseudo_dirs.clear()
+    memory.pseudo_dirs.append("")
+    memory.pipe_file("/bucket/other/keep.txt", b"not ours")
+    yield memory
+    memory.store.clear()
+
+
+def objects(fs) -> dict[str, bytes]:
+    return {path: fs.cat_file(path) for path in fs.find("/bucket")}
+
+
+def test_a_good_cart_lands_under_the_root_with_a_manifest_written_last(fs):
+    extracted = download_to_store(
+        io.BytesIO(build_tar()), cart_files(), fs, "memory://bucket/run/event", "data", cart_key="cart-1", conn_id="s3"
+    )
+    assert [f.path for f in extracted] == list(CONTENTS)
+    stored = objects(fs)
+    for path, data in CONTENTS.items():
+        assert stored[f"/bucket/run/event/{path}"] == data
+    manifest = json.loads(stored["/bucket/run/event/.pacifica-manifest-cart-1.json"])
+    assert manifest["conn_id"] == "s3"
+    assert manifest["destination"] == "memory:///bucket/run/event"
+    assert [entry["url"] for entry in manifest["files"]] == [f"memory:///bucket/run/event/{p}" for p in CONTENTS]
+    assert not [path for path in stored if ".pacifica-staging-" in path]
+
+
+@pytest.mark.parametrize("case", sorted(hostile_tars()))
+def test_hostile_tars_leave_no_object_behind(fs, case):
+    before = objects(fs)
+    error, message = EXPECTED_ERRORS[case]
+    with pytest.raises(error, match=message):
+        download_to_store(io.BytesIO(hostile_tars()[case]), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    assert objects(fs) == before
+
+
+def test_a_killed_attempts_staging_is_removed_by_the_next(fs):
+    staging = objectstore.staging_path("/bucket/dest", "cart-1")
+    fs.pipe_file(f"{staging}/a/b.txt", b"half")
+    download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="cart-1")
+    assert not [path for path in objects(fs) if ".pacifica-staging-" in path]
+
+
+def test_a_published_download_is_found_by_a_retry_and_a_changed_one_is_not(fs):
+    files = cart_files()
+    assert verify_published_objects(fs, "/bucket/dest", files, "cart-1") is None
+    download_to_store(io.BytesIO(build_tar()), files, fs, "/bucket/dest", "data", cart_key="cart-1")
+    present = verify_published_objects(fs, "/bucket/dest", files, "cart-1")
+    assert [f.path for f in present] == [f.path for f in files]
+    assert verify_published_objects(fs, "/bucket/dest", files, "another-cart") is None
+    fs.pipe_file("/bucket/dest/a/b.txt", b"shorter")
+    assert verify_published_objects(fs, "/bucket/dest", files, "cart-1") is None
+    fs.rm("/bucket/dest/a/b.txt")
+    assert verify_published_objects(fs, "/bucket/dest", files, "cart-1") is None
+
+
+def test_a_failed_copy_removes_the_objects_it_added_and_writes_no_manifest(fs, monkeypatch):
+    fs.pipe_file("/bucket/dest/a/b.txt", b"an older version")
+    real_copy = fs.copy
+
+    def copy_then_fail(sources, targets, **kwargs):
+        real_copy(sources[:2], targets[:2])
+        raise PermissionError("access denied")
+
+    monkeypatch.setattr(fs, "copy", copy_then_fail)
+    with pytest.raises(DestinationWriteError, match="could not copy"):
+        download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    assert sorted(p for p in objects(fs) if p.startswith("/bucket/dest/")) == ["/bucket/dest/a/b.txt"]
+
+
+def test_too_small_parts_and_an_empty_root_are_refused(fs):
+    with pytest.raises(InvalidInputError, match="part_size"):
+        download_to_store(io.BytesIO(b""), cart_files(), fs, "/bucket", "data", cart_key="c", part_size=1 << 20)
+    with pytest.raises(InvalidInputError, match="names no bucket"):
+        download_to_store(io.BytesIO(b""), cart_files(), fs, "memory://", "data", cart_key="c")
+
+
+@pytest.mark.parametrize("size", ["small, put in a batch", "large, written in parts"])
+def test_a_store_that_refuses_a_write_fails_the_download_naming_it_and_leaves_nothing(fs, monkeypatch, size):
+    contents = dict(CONTENTS)
+    if size.startswith("large"):
+        contents["a/c/second.txt"] = b"x" * (objectstore.MIN_PART_SIZE + 1)
+    real_open = fs.open
+
+    class Refusing:
+        def __init__(self, handle):
+            self.handle, self.path = handle, handle.path
+
+        def write(self, chunk):
+            raise PermissionError(13, "Access Denied")
+
+        def close(self):
+            self.handle.close()
+
+    def open_refusing(path, mode="rb", **kwargs):
+        handle = real_open(path, mode, **kwargs)
+        return Refusing(handle) if path.endswith("second.txt") else handle
+
+    def pipe_refusing(batch, **kwargs):
+        raise PermissionError(13, "Access Denied")
+
+    monkeypatch.setattr(fs, "open", open_refusing)
+    monkeypatch.setattr(fs, "pipe", pipe_refusing)
+    before = objects(fs)
+    with pytest.raises(DestinationWriteError, match=r"Access Denied \(.*(second.txt|a/b.txt)\)"):
+        download_to_store(
+            io.BytesIO(build_tar(contents)),
+            cart_files(contents),
+            fs,
+            "/bucket/dest",
+            "data",
+            cart_key="c",
+            part_size=objectstore.MIN_PART_SIZE,
+        )
+    assert objects(fs) == before
+
+
+def test_many_small_files_go_up_in_batches_and_all_arrive(fs, monkeypatch):
+    contents = {f"many/{i:04d}.txt": f"{i}\n".encode() for i in range(objectstore.BATCH_FILES * 2 + 3)}
+    batches = []
+    real_pipe = fs.pipe
+    monkeypatch.setattr(fs, "pipe", lambda batch, **kw: (batches.append(len(batch)), real_pipe(batch, **kw)))
+    download_to_store(io.BytesIO(build_tar(contents)), cart_files(contents), fs, "/bucket/many", "data", cart_key="c")
+    assert batches == [objectstore.BATCH_FILES, objectstore.BATCH_FILES, 3]
+    stored = objects(fs)
+    assert all(stored[f"/bucket/many/{path}"] == data for path, data in contents.items())
