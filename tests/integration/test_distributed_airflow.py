@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from airflow_provider_pacifica.destinations import safe_name
-from airflow_provider_pacifica.objectstore import MANIFEST_PREFIX, PART_SIZE, STAGING_PREFIX
+from airflow_provider_pacifica.objectstore import BATCH_BYTES, MANIFEST_PREFIX, PART_SIZE, STAGING_PREFIX
 from tests.faultproxy import FaultProxy
 from tests.integration.distributed_airflow import (
     DEFAULT_QUEUE,
@@ -253,12 +253,13 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     # Both workers serve both queues now: the download may start on either.
     cluster.consume(MOVER, DEFAULT_QUEUE)
     cluster.consume(OTHER, DOWNLOAD_QUEUE)
-    # Two small files (staged under the staging prefix) and one of two parts and more (a multipart
-    # upload to its final key, completed only once every file is verified). The first download
-    # stops 64 KiB before the end of the last file: whatever the order of the files in the tar (and
-    # the client's 1 MiB reads), a small file is staged and the large one has a part uploaded then.
+    # Two small files (smaller than a part: put under the staging prefix, each one a whole batch)
+    # and one of two parts and more (a multipart upload to its final key, completed only once every
+    # file is verified). The first download stops 64 KiB before the end of the last file: whatever
+    # the order of the files in the tar (and the client's 1 MiB reads), a small file is staged and
+    # the large one has a part uploaded by then.
     rng = random.Random(7)
-    contents = {f"small/part-{n}.bin": rng.randbytes(2 << 20) for n in range(2)}
+    contents = {f"small/part-{n}.bin": rng.randbytes(BATCH_BYTES) for n in range(2)}
     contents["large/whole.bin"] = rng.randbytes(2 * PART_SIZE + (1 << 20))
     event = ingest_event(cartd_stack, contents)
     seen_before = len(proxy.seen)
