@@ -13,10 +13,11 @@ this module only decides where the bytes go:
 * nothing is visible at its final name until every file is verified. On S3, a file of at least
   one part goes straight to its final key as a multipart upload whose CompleteMultipartUpload is
   held back until then (an unfinished upload is invisible, and completing it copies nothing);
-  smaller files, and every file on other fsspec backends (GCS, Azure, ...), are written under a
-  staging prefix named from the cart uid (``<root>/.pacifica-staging-<key>/``) and copied into
-  place (server-side on S3). Small files are not held as multipart uploads: one PUT and one copy
-  cost fewer requests than three multipart calls each. A later attempt finds what a killed one
+  files smaller than a part stay in memory, up to 32 MiB of them, and are put at their final keys
+  then; beyond that, and every larger file on other fsspec backends (GCS, Azure, ...), they are
+  written under a staging prefix named from the cart uid (``<root>/.pacifica-staging-<key>/``)
+  and copied into place (server-side on S3). Small files are not held as multipart uploads: one
+  PUT costs fewer requests than three multipart calls each. A later attempt finds what a killed one
   left by name: the staging prefix, and unfinished uploads to the keys of this download's files;
 * the manifest object ``<root>/.pacifica-manifest-<cart uid>.json`` is written LAST: it is the
   commit marker. A download without it did not finish, whatever objects it left;
