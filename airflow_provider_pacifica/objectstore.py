@@ -13,10 +13,11 @@ this module only decides where the bytes go:
 * nothing is visible at its final name until every file is verified. On S3, a file of at least
   one part goes straight to its final key as a multipart upload whose CompleteMultipartUpload is
   held back until then (an unfinished upload is invisible, and completing it copies nothing);
-  smaller files, and every file on other fsspec backends (GCS, Azure, ...), are written under a
-  staging prefix named from the cart uid (``<root>/.pacifica-staging-<key>/``) and copied into
-  place (server-side on S3). Small files are not held as multipart uploads: one PUT and one copy
-  cost fewer requests than three multipart calls each. A later attempt finds what a killed one
+  files smaller than a part stay in memory, up to 32 MiB of them, and are put at their final keys
+  then; beyond that, and every larger file on other fsspec backends (GCS, Azure, ...), they are
+  written under a staging prefix named from the cart uid (``<root>/.pacifica-staging-<key>/``)
+  and copied into place (server-side on S3). Small files are not held as multipart uploads: one
+  PUT costs fewer requests than three multipart calls each. A later attempt finds what a killed one
   left by name: the staging prefix, and unfinished uploads to the keys of this download's files;
 * the manifest object ``<root>/.pacifica-manifest-<cart uid>.json`` is written LAST: it is the
   commit marker. A download without it did not finish, whatever objects it left;
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 PART_SIZE = 8 << 20
 BATCH_BYTES = 4 << 20  # small files put together, at most this many bytes...
 BATCH_FILES = 256  # ...and files per batch (the queue holds at most 8 batches)
+HELD_BYTES = 32 << 20  # small files kept in memory until all are verified, then put in place directly
 MIN_PART_SIZE = 5 << 20  # S3 refuses smaller parts (but the last)
 MANIFEST_PREFIX = ".pacifica-manifest-"
 STAGING_PREFIX = ".pacifica-staging-"
@@ -142,10 +144,11 @@ class _DeferredUpload:
 class _SmallFile:
     """A file smaller than a part: kept in memory, then uploaded with others in one concurrent batch."""
 
-    __slots__ = ("data", "path")
+    __slots__ = ("data", "path", "relative")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, relative: str) -> None:
         self.path = path
+        self.relative = relative
         self.data = bytearray()
 
 
@@ -157,6 +160,8 @@ class _StoreSink:
     ``depth`` items in the queue, one part per file being written). Files smaller than a part are
     gathered into batches of at most ``BATCH_BYTES``/``BATCH_FILES`` and put concurrently
     (``fs.pipe``): one round trip at a time per small file would make thousands of them slow. The
+    first ``HELD_BYTES`` of small files are not staged at all: they stay in memory (``held``) and
+    are put at their final keys once every file is verified, which saves a copy per file. The
     thread's first error is raised at the next write, close or :meth:`finish`; after it the thread
     only drains.
     """
@@ -173,6 +178,8 @@ class _StoreSink:
         self._handles: list[Any] = []  # every file opened, to abort what is unfinished on failure
         self._batch: dict[str, bytes] = {}  # small files waiting to be put together
         self._batch_bytes = 0
+        self.held: dict[str, bytes] = {}  # relative path -> content, put in place after verification
+        self._held_bytes = 0
         self._queue: queue.Queue[tuple[str, Any, Any] | None] = queue.Queue(maxsize=depth)
         self._error: tuple[str, BaseException] | None = None
         self._thread = threading.Thread(target=self._upload, name="pacifica-store-upload", daemon=True)
@@ -217,7 +224,7 @@ class _StoreSink:
         self._opened.add(relative)
         self._raise_error()
         if size < self._part_size:
-            return _SmallFile(f"{self._staging}/{relative}")
+            return _SmallFile(f"{self._staging}/{relative}", relative)
         if self._s3:
             upload = _DeferredUpload(self._fs, f"{self._root}/{relative}", self._part_size)
             self.deferred[relative] = upload
@@ -241,6 +248,10 @@ class _StoreSink:
     def close(self, handle: Any) -> None:
         if type(handle) is not _SmallFile:
             self._put(("close", handle, None))
+            return
+        if self._held_bytes + len(handle.data) <= HELD_BYTES:
+            self.held[handle.relative] = bytes(handle.data)
+            self._held_bytes += len(handle.data)
             return
         self._batch[handle.path] = bytes(handle.data)
         self._batch_bytes += len(handle.data)
@@ -343,7 +354,7 @@ def download_to_store(
             progress_interval=progress_interval,
         )
         sink.finish()  # an upload that fails after its file's turn in the loop is raised here
-        _publish(fs, staging, root, extracted, sink.deferred, copied)
+        _publish(fs, staging, root, extracted, sink, copied)
         write_manifest(fs, root, cart_key, extracted, conn_id)
         published = True
         return extracted
@@ -360,11 +371,11 @@ def _publish(
     staging: str,
     root: str,
     extracted: Sequence[ExtractedFile],
-    deferred: dict[str, _DeferredUpload],
+    sink: _StoreSink,
     copied: list[str],
 ) -> None:
-    """Put every verified file into place: copy it from the staging prefix (server-side on S3), or
-    complete its held-back multipart upload.
+    """Put every verified file into place: copy it from the staging prefix (server-side on S3),
+    complete its held-back multipart upload, or put it from memory.
 
     Objects that were not there before are recorded in ``copied``, so that a failure midway
     removes them again; one that replaced an earlier object stays (its old content is gone).
@@ -372,15 +383,18 @@ def _publish(
     fs.invalidate_cache(root)
     existing = set(fs.find(root)) if fs.exists(root) else set()
     copied.extend(target for file in extracted if (target := f"{root}/{file.path}") not in existing)
-    staged = [file.path for file in extracted if file.path not in deferred]
+    deferred, held = sink.deferred, sink.held
+    staged = [file.path for file in extracted if file.path not in deferred and file.path not in held]
     try:
         if staged:  # s3fs copies concurrently, in batches
             fs.copy([f"{staging}/{path}" for path in staged], [f"{root}/{path}" for path in staged])
         for upload in deferred.values():
             upload.complete()
+        if held:  # concurrently too
+            fs.pipe({f"{root}/{path}": data for path, data in held.items()})
     except Exception as err:
         raise DestinationWriteError(
-            f"could not copy the verified files into {object_url(fs, root)}: {type(err).__name__}: {err}; "
+            f"could not put the verified files into place in {object_url(fs, root)}: {type(err).__name__}: {err}; "
             "the files it had added were removed"
         ) from err
 

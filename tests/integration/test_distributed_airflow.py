@@ -7,7 +7,8 @@ two api-servers (tests/integration/distributed_airflow.py), with the real Cartd 
   download_root`` / ``download_conn_id``) on one worker (the data mover: a cluster policy routes
   ``PacificaDownloadOperator`` tasks to its queue) and ``summarize`` reads the objects on the other;
 * a worker SIGKILLed in the middle of a download: the retry runs on the other worker, reuses the
-  cart, publishes once, and leaves no staging object nor multipart upload of the dead attempt.
+  cart, publishes once, and removes what the dead attempt wrote (its unfinished multipart upload,
+  any staged object).
 """
 
 from __future__ import annotations
@@ -162,6 +163,12 @@ def keys_of(s3_stack, prefix: str) -> list[str]:
     return [key.removeprefix(f"{prefix}/") for key in s3_stack.keys(f"{prefix}/")]
 
 
+def leftovers(s3_stack, prefix: str) -> list[str]:
+    """What an unfinished download has in the store: staged objects and unfinished multipart uploads."""
+    staged = [key for key in keys_of(s3_stack, prefix) if key.startswith(STAGING_PREFIX)]
+    return staged + [f"upload of {upload['Key']}" for upload in s3_stack.multipart_uploads(f"{prefix}/")]
+
+
 def log_text(cluster: DistributedAirflow, worker: str, run_id: str, task_id: str) -> str:
     return "\n".join(p.read_text(errors="replace") for p in cluster.workers[worker].task_logs(DAG_ID, run_id, task_id))
 
@@ -253,10 +260,10 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     # Both workers serve both queues now: the download may start on either.
     cluster.consume(MOVER, DEFAULT_QUEUE)
     cluster.consume(OTHER, DOWNLOAD_QUEUE)
-    # Two small files (staged under the staging prefix) and one of two parts and more (a multipart
-    # upload to its final key, completed only once every file is verified). The first download
-    # stops 64 KiB before the end of the last file: whatever the order of the files in the tar (and
-    # the client's 1 MiB reads), a small file is staged and the large one has a part uploaded then.
+    # Two small files and one of more than two parts (a multipart upload to its final key, completed
+    # only once every file is verified). The first download stops 64 KiB before the end of the last
+    # file: whatever the order of the files in the tar (and the client's 1 MiB reads), the large
+    # file has a part uploaded by then.
     rng = random.Random(7)
     contents = {f"small/part-{n}.bin": rng.randbytes(2 << 20) for n in range(2)}
     contents["large/whole.bin"] = rng.randbytes(2 * PART_SIZE + (1 << 20))
@@ -276,13 +283,7 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     )
     victim = running["hostname"]
     survivor = OTHER if victim == MOVER else MOVER
-    staged = wait_for(
-        lambda: [key for key in keys_of(s3_stack, prefix) if key.startswith(STAGING_PREFIX)],
-        60,
-        "the small files in the download's staging prefix",
-        cluster,
-    )
-    wait_for(lambda: s3_stack.multipart_uploads(f"{prefix}/"), 60, "the large file's multipart upload", cluster)
+    left = wait_for(lambda: leftovers(s3_stack, prefix), 60, "the download's first writes to the store", cluster)
     killed = cluster.kill_worker(victim)
     proxy.release()
     assert len(killed) >= 3, f"the worker, its pool and the task process: {killed}"
@@ -301,12 +302,12 @@ def test_a_worker_killed_mid_download_is_replaced_by_the_other_which_reuses_the_
     assert len(posts) == 1, traffic
     assert gets == [posts[0], posts[0]], traffic
     # Published once, by the survivor: the files and the manifest (the commit marker), nothing else:
-    # the dead attempt's staged objects and its multipart upload (seen above) are gone.
+    # what the dead attempt had written (seen above) is gone.
     assert "Published" not in log_text(cluster, victim, run_id, "download")
     assert log_text(cluster, survivor, run_id, "download").count("Published 3 verified file(s)") == 1
     client = s3_stack.client()
     for path, data in contents.items():
         assert client.get_object(Bucket=s3_stack.bucket, Key=f"{prefix}/{path}")["Body"].read() == data
     cart_uid = posts[0].strip("/")
-    assert keys_of(s3_stack, prefix) == sorted([*contents, f"{MANIFEST_PREFIX}{cart_uid}.json"]), staged
-    assert s3_stack.multipart_uploads(f"{prefix}/") == []
+    assert keys_of(s3_stack, prefix) == sorted([*contents, f"{MANIFEST_PREFIX}{cart_uid}.json"]), left
+    assert leftovers(s3_stack, prefix) == [], left

@@ -74,18 +74,37 @@ def test_a_published_download_is_found_by_a_retry_and_a_changed_one_is_not(fs):
     assert verify_published_objects(fs, "/bucket/dest", files, "cart-1") is None
 
 
-def test_a_failed_copy_removes_the_objects_it_added_and_writes_no_manifest(fs, monkeypatch):
+@pytest.mark.parametrize("held", [True, False], ids=["put from memory", "copied from staging"])
+def test_a_failed_publish_removes_the_objects_it_added_and_writes_no_manifest(fs, monkeypatch, held):
+    if not held:
+        monkeypatch.setattr(objectstore, "HELD_BYTES", 0)
     fs.pipe_file("/bucket/dest/a/b.txt", b"an older version")
-    real_copy = fs.copy
+    real_copy, real_pipe = fs.copy, fs.pipe
 
     def copy_then_fail(sources, targets, **kwargs):
         real_copy(sources[:2], targets[:2])
         raise PermissionError("access denied")
 
+    def pipe_then_fail(batch, **kwargs):
+        if all(path.startswith("/bucket/dest/.pacifica-staging-") for path in batch):
+            return real_pipe(batch, **kwargs)  # the staging batches go through
+        real_pipe(dict(list(batch.items())[:2]))
+        raise PermissionError("access denied")
+
     monkeypatch.setattr(fs, "copy", copy_then_fail)
-    with pytest.raises(DestinationWriteError, match="could not copy"):
+    monkeypatch.setattr(fs, "pipe", pipe_then_fail)
+    with pytest.raises(DestinationWriteError, match="could not put the verified files into place"):
         download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
     assert sorted(p for p in objects(fs) if p.startswith("/bucket/dest/")) == ["/bucket/dest/a/b.txt"]
+
+
+def test_small_files_are_held_in_memory_and_put_in_place_without_staging(fs, monkeypatch):
+    calls = []
+    real_pipe = fs.pipe
+    monkeypatch.setattr(fs, "pipe", lambda batch, **kw: (calls.append(sorted(batch)), real_pipe(batch, **kw)))
+    monkeypatch.setattr(fs, "copy", lambda *a, **kw: pytest.fail("nothing to copy"))
+    download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    assert calls == [sorted(f"/bucket/dest/{path}" for path in CONTENTS)]
 
 
 def test_too_small_parts_and_an_empty_root_are_refused(fs):
@@ -97,6 +116,7 @@ def test_too_small_parts_and_an_empty_root_are_refused(fs):
 
 @pytest.mark.parametrize("size", ["small, put in a batch", "large, written in parts"])
 def test_a_store_that_refuses_a_write_fails_the_download_naming_it_and_leaves_nothing(fs, monkeypatch, size):
+    monkeypatch.setattr(objectstore, "HELD_BYTES", 0)  # every small file is staged
     contents = dict(CONTENTS)
     if size.startswith("large"):
         contents["a/c/second.txt"] = b"x" * (objectstore.MIN_PART_SIZE + 1)
@@ -135,7 +155,8 @@ def test_a_store_that_refuses_a_write_fails_the_download_naming_it_and_leaves_no
     assert objects(fs) == before
 
 
-def test_many_small_files_go_up_in_batches_and_all_arrive(fs, monkeypatch):
+def test_many_small_files_beyond_what_is_held_go_up_in_batches_and_all_arrive(fs, monkeypatch):
+    monkeypatch.setattr(objectstore, "HELD_BYTES", 0)
     contents = {f"many/{i:04d}.txt": f"{i}\n".encode() for i in range(objectstore.BATCH_FILES * 2 + 3)}
     batches = []
     real_pipe = fs.pipe
