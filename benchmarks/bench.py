@@ -974,7 +974,7 @@ def main() -> int:
         help="measure only the pull intake (benchmarks/watcher.py), into the results of the last full run",
     )
     parser.add_argument("--watcher-uploads", type=int, default=10, help="real uploads timed to their watcher run")
-    parser.add_argument("--watcher-window", type=float, default=120.0, help="seconds each idle cost is measured")
+    parser.add_argument("--watcher-window", type=float, default=300.0, help="seconds each idle cost is measured")
     parser.add_argument(
         "--only-triggers",
         action="store_true",

@@ -1,7 +1,7 @@
 """The pull intake's benchmark: upload -> run latency at the default poll, and the cost of 50 watchers.
 
 Run by ``scripts/benchmark --only-watcher`` (or ``--watcher`` in a full run), or alone:
-``.venv/bin/python benchmarks/watcher.py [--workdir DIR] [--uploads 10] [--window 120]``. On
+``.venv/bin/python benchmarks/watcher.py [--workdir DIR] [--uploads 10] [--window 300]``. On
 127.0.0.1: the whole real Pacifica (scripts/pacifica-stack) and a real Airflow (sqlite) whose
 ``pacifica_metadata_default`` connection goes through a loopback proxy that counts every request
 to the real metadata (``tests/faultproxy.py``, forwarding only).
@@ -12,7 +12,9 @@ to the real metadata (``tests/faultproxy.py``, forwarding only).
    exist: upload start -> ingest job done, ->
    asset event recorded, -> DAG run queued (server times: the event's ``timestamp``, the run's
    ``queued_at``). p50 and p99 over the uploads (the poll phase makes them spread over 0-30 s).
-2. **Cost.** Idle (no uploads), for ``window`` seconds each: the triggerer's CPU seconds per
+2. **Cost.** Idle (no uploads), for ``window`` seconds each (five minutes: watchers started
+   together poll in step, about every 28.5 s with the jitter, so a short window counts one round
+   more or less; two minutes gave 100 and 124.5 requests/min for the same 50 watchers): the triggerer's CPU seconds per
    minute (user + system of its whole process group, from /proc) and metadata requests per
    minute, with no watcher running, with one, and with 50 watched assets, each with its own
    trigger (one DAG scheduled on any of 50 assets). Fifty triggers, not one shared poll loop:
@@ -86,7 +88,7 @@ for count in (1, WATCHED):
 """.replace("WATCHED", str(WATCHED))
 
 
-def measure_watcher(workdir: Path, *, uploads: int = 10, window: float = 120.0) -> dict[str, Any]:
+def measure_watcher(workdir: Path, *, uploads: int = 10, window: float = 300.0) -> dict[str, Any]:
     stack_dir = workdir / "pacifica"
     subprocess.run([sys.executable, str(PACIFICA_STACK), "stop", "--workdir", str(stack_dir)], capture_output=True)
     started = subprocess.run(
@@ -300,7 +302,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pacifica-watcher-bench"))
     parser.add_argument("--uploads", type=int, default=10, help="real uploads timed to their run (>= 10 for a p99)")
-    parser.add_argument("--window", type=float, default=120.0, help="seconds each idle cost is measured over")
+    parser.add_argument("--window", type=float, default=300.0, help="seconds each idle cost is measured over")
     args = parser.parse_args()
     figures = measure_watcher(args.workdir.absolute(), uploads=args.uploads, window=args.window)
     print(json.dumps(figures, indent=2))
