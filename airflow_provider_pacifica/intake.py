@@ -125,14 +125,22 @@ def lookback_start(cloudevent: Any, recorded: dt.datetime, lookback: dt.timedelt
     return start - lookback
 
 
-def decide(mine: Sequence[RecordedEvent], recorded: Iterable[RecordedEvent]) -> list[Decision]:
+def decide(
+    mine: Sequence[RecordedEvent], recorded: Iterable[RecordedEvent], *, last_try: bool = False
+) -> list[Decision]:
     """For each ingest id among ``mine`` (a run's triggering events), download it or not.
 
     :param mine: the run's triggering events (one asset; rows unknown: they are recognised among
         ``recorded`` by asset, timestamp and id, Airflow's timestamps having microseconds).
     :param recorded: the events read from both assets in the window (with rows); ``mine`` among them.
+    :param last_try: the pick's last attempt: an earlier event that started no run does not
+        win any more (see below).
     :returns: one decision per distinct id, in the order of ``mine``: ``download`` when the
-        earliest recorded event of the id is one of ``mine``.
+        earliest recorded event of the id is one of ``mine``, or when it is another that started
+        no run by the last try (its DAG paused or gone: Airflow records events for a paused DAG
+        but queues no run, and the ingest would be downloaded by nobody).
+    :raises UndecidedError: the earliest event is another that has started no run yet (its run
+        is usually created within seconds: the pick's retry decides).
     """
     recorded = [event for event in recorded if event.event_id is not None]
     decisions: dict[str, Decision] = {}
@@ -146,6 +154,14 @@ def decide(mine: Sequence[RecordedEvent], recorded: Iterable[RecordedEvent]) -> 
         winner = min(candidates, key=lambda e: e.order)
         if any((m.asset, m.timestamp, m.event_id) == (winner.asset, winner.timestamp, winner.event_id) for m in mine):
             decisions[event.event_id] = Decision(event.event_id, True, winner, "the earliest recorded event of its id")
+        elif not winner.runs and last_try:
+            reason = f"the earlier {winner.describe()} started no run (its DAG paused or gone)"
+            decisions[event.event_id] = Decision(event.event_id, True, winner, reason)
+        elif not winner.runs:
+            raise UndecidedError(
+                f"{event.event_id}: the earlier {winner.describe()} has started no run yet; "
+                "a later try of this pick downloads it if none ever starts"
+            )
         else:
             decisions[event.event_id] = Decision(
                 event.event_id, False, winner, f"already recorded earlier: {winner.describe()}"

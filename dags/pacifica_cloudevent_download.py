@@ -51,16 +51,18 @@ from pacifica_common import INTAKES, PACIFICA_INGEST, download_and_summarize, do
     default_args={"retries": 3, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
 )
 def pacifica_cloudevent_download():
-    # Undecided (an earlier event not readable yet): retried every 20 s for a few minutes.
+    # Undecided (an earlier event not readable yet, or its run not started): retried every 20 s for 4
+    # minutes; the last try downloads an ingest whose earlier event started no run (its DAG paused).
     @task(inlets=list(INTAKES), retries=12, retry_delay=timedelta(seconds=20), retry_exponential_backoff=False)
     def pick_cloudevents(
-        triggering_asset_events=None, inlet_events=None, dag_run=None, run_id=None
+        triggering_asset_events=None, inlet_events=None, dag_run=None, run_id=None, ti=None
     ) -> list[dict[str, Any]]:
         """One download per CloudEvent: of the triggering asset events (unless the watcher recorded
         the ingest first), or of ``dag_run.conf``."""
         events = (triggering_asset_events or {}).get(PACIFICA_INGEST, [])
         if any("cloudevent" in (event.extra or {}) for event in events):
-            return pick_downloads(PACIFICA_INGEST, triggering_asset_events, inlet_events, run_id)
+            last_try = ti is not None and ti.try_number > ti.max_tries
+            return pick_downloads(PACIFICA_INGEST, triggering_asset_events, inlet_events, run_id, last_try=last_try)
         conf = (dag_run.conf if dag_run else None) or {}
         if "cloudevent" in conf:
             cloudevent = conf["cloudevent"]

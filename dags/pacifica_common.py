@@ -91,13 +91,19 @@ def read_events(inlet_events: Any, asset: Asset, after: Any, before: Any) -> lis
 
 
 def pick_downloads(
-    own: Asset, triggering_asset_events: Mapping[Any, Any] | None, inlet_events: Any, run_id: str
+    own: Asset,
+    triggering_asset_events: Mapping[Any, Any] | None,
+    inlet_events: Any,
+    run_id: str,
+    *,
+    last_try: bool = False,
 ) -> list[dict[str, Any]]:
     """The downloads of this run: one per ingest id among its triggering events on ``own`` that it wins.
 
     Reads both intakes' events from the ingest's time to this run's latest event and applies
     :func:`~airflow_provider_pacifica.intake.decide`; an id another event was recorded for first
-    is skipped with a log line naming the event and the winner.
+    is skipped with a log line naming the event and the winner. ``last_try``: the pick's last
+    attempt (an earlier event that started no run no longer wins).
     """
     cloudevents: dict[str, Any] = {}
     mine: list[RecordedEvent] = []
@@ -111,7 +117,10 @@ def pick_downloads(
         if recorded.event_id is None:  # an event without an id: nothing to dedupe on
             recorded = RecordedEvent(own.name, event.timestamp, "sha256:" + _digest(cloudevent))
         mine.append(recorded)
-        cloudevents.setdefault(recorded.event_id, cloudevent)
+        if cloudevents.setdefault(recorded.event_id, cloudevent) != cloudevent:
+            log.warning(
+                "Skipping a second, different CloudEvent with the id %s: ids name one ingest", recorded.event_id
+            )
         start = lookback_start(cloudevent, event.timestamp)
         after = start if after is None else min(after, start)
         before = event.timestamp if before is None else max(before, event.timestamp)
@@ -119,7 +128,7 @@ def pick_downloads(
         return []
     recorded_events = [event for asset in INTAKES for event in read_events(inlet_events, asset, after, before)]
     picked = []
-    for decision in decide(mine, recorded_events):
+    for decision in decide(mine, recorded_events, last_try=last_try):
         if decision.download:
             picked.append(cloudevents[decision.event_id])
         else:

@@ -47,14 +47,16 @@ DAG_ID = "pacifica_ingest_watcher"
     default_args={"retries": 3, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
 )
 def pacifica_ingest_watcher():
-    # Undecided (an earlier event not readable yet): retried every 20 s for a few minutes.
+    # Undecided (an earlier event not readable yet, or its run not started): retried every 20 s for 4
+    # minutes; the last try downloads an ingest whose earlier event started no run (its DAG paused).
     @task(inlets=list(INTAKES), retries=12, retry_delay=timedelta(seconds=20), retry_exponential_backoff=False)
-    def pick_cloudevents(triggering_asset_events=None, inlet_events=None, run_id=None) -> list[dict[str, Any]]:
+    def pick_cloudevents(triggering_asset_events=None, inlet_events=None, run_id=None, ti=None) -> list[dict[str, Any]]:
         """One download per transaction of this run's events that no earlier event of its id claims."""
         events = (triggering_asset_events or {}).get(PACIFICA_PULLED, [])
         if not events:
             raise ValueError("no asset event: this DAG runs on the watcher's events (extra['payload']['cloudevent'])")
-        return pick_downloads(PACIFICA_PULLED, triggering_asset_events, inlet_events, run_id)
+        last_try = ti is not None and ti.try_number > ti.max_tries
+        return pick_downloads(PACIFICA_PULLED, triggering_asset_events, inlet_events, run_id, last_try=last_try)
 
     @task.short_circuit(inlets=[PACIFICA_PULLED], ignore_downstream_trigger_rules=False)
     def find_stranded(inlet_events=None, dag_run=None) -> list[str]:

@@ -6,6 +6,7 @@ the Task SDK's asset events (dags/pacifica_common.py), with the SDK's accessors 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from types import SimpleNamespace
 
@@ -97,15 +98,15 @@ def test_the_webhook_run_downloads_when_the_watchers_event_is_later_or_absent():
 
 
 def test_the_webhook_run_skips_an_ingest_the_watcher_recorded_first():
-    pulled = RecordedEvent(PULL, at(2), "metadata.ingest.1", row=9)
+    pulled = RecordedEvent(PULL, at(2), "metadata.ingest.1", row=9, runs=(("pacifica_ingest_watcher", "w1"),))
     hook = RecordedEvent(PUSH, at(40), "metadata.ingest.1", row=30)
     (decision,) = decide([RecordedEvent(PUSH, at(40), "metadata.ingest.1")], [pulled, hook])
     assert (decision.download, decision.winner) == (False, pulled)
 
 
 def test_equal_timestamps_are_decided_by_the_asset_event_id_the_same_way_on_both_sides():
-    hook = RecordedEvent(PUSH, at(5), "metadata.ingest.1", row=21)
-    pulled = RecordedEvent(PULL, at(5), "metadata.ingest.1", row=20)
+    hook = RecordedEvent(PUSH, at(5), "metadata.ingest.1", row=21, runs=(("pacifica_cloudevent_download", "p"),))
+    pulled = RecordedEvent(PULL, at(5), "metadata.ingest.1", row=20, runs=(("pacifica_ingest_watcher", "w"),))
     push_side = decide([RecordedEvent(PUSH, at(5), "metadata.ingest.1")], [hook, pulled])
     pull_side = decide([RecordedEvent(PULL, at(5), "metadata.ingest.1")], [hook, pulled])
     assert [d.download for d in push_side + pull_side] == [False, True]
@@ -126,11 +127,27 @@ def test_a_run_with_several_events_decides_each_id_once():
         RecordedEvent(PULL, at(13), "metadata.ingest.3"),
     ]
     recorded = [
-        RecordedEvent(PUSH, at(1), "metadata.ingest.2", row=1),
+        RecordedEvent(PUSH, at(1), "metadata.ingest.2", row=1, runs=(("pacifica_cloudevent_download", "p"),)),
         *(RecordedEvent(e.asset, e.timestamp, e.event_id, row=10 + i) for i, e in enumerate(mine)),
     ]
     decisions = {d.event_id: d.download for d in decide(mine, recorded)}
     assert decisions == {"metadata.ingest.1": True, "metadata.ingest.2": False, "metadata.ingest.3": True}
+
+
+def test_an_earlier_event_that_started_no_run_leaves_the_pick_undecided():
+    # The webhook DAG paused: Airflow records the webhook's event but queues no run for it.
+    hook = RecordedEvent(PUSH, at(3), "metadata.ingest.1", row=10)
+    pulled = RecordedEvent(PULL, at(12), "metadata.ingest.1", row=11)
+    with pytest.raises(UndecidedError, match=r"metadata\.ingest\.1: the earlier asset event #10 .* started no run yet"):
+        decide([RecordedEvent(PULL, at(12), "metadata.ingest.1")], [hook, pulled])
+
+
+def test_on_the_last_try_an_earlier_event_that_started_no_run_does_not_stop_the_download():
+    hook = RecordedEvent(PUSH, at(3), "metadata.ingest.1", row=10)
+    pulled = RecordedEvent(PULL, at(12), "metadata.ingest.1", row=11)
+    (decision,) = decide([RecordedEvent(PULL, at(12), "metadata.ingest.1")], [hook, pulled], last_try=True)
+    assert decision.download is True
+    assert "started no run (its DAG paused or gone)" in decision.reason
 
 
 @st.composite
@@ -164,9 +181,10 @@ def test_every_recorded_ingest_id_is_downloaded_by_exactly_one_run(history):
     downloads: dict[str, int] = {}
     for run in runs:
         mine = [RecordedEvent(e.asset, e.timestamp, e.event_id) for e in run]  # as triggering events: no row
-        # A run reads what was recorded up to its latest event (later ones cannot win against it).
+        # A run reads what was recorded up to its latest event (later ones cannot win against it),
+        # each with the run it started.
         latest = max(e.timestamp for e in run)
-        visible = [e for e in events if e.timestamp <= latest]
+        visible = [dataclasses.replace(e, runs=(("dag", "run"),)) for e in events if e.timestamp <= latest]
         for decision in decide(mine, visible):
             downloads[decision.event_id] = downloads.get(decision.event_id, 0) + decision.download
     assert downloads == dict.fromkeys({e.event_id for e in events}, 1)
@@ -248,7 +266,9 @@ def test_the_watcher_dags_pick_downloads_only_what_the_webhook_did_not_record_fi
     monkeypatch.setenv("PACIFICA_DOWNLOAD_ROOT", str(tmp_path))
     inlet = FakeInletEvents(
         {
-            PUSH: [sdk_event(1, at(3), webhook_extra("metadata.ingest.1"))],
+            PUSH: [
+                sdk_event(1, at(3), webhook_extra("metadata.ingest.1"), runs=[("pacifica_cloudevent_download", "r")])
+            ],
             PULL: [
                 sdk_event(2, at(10), watcher_extra("metadata.ingest.1")),
                 sdk_event(3, at(11), watcher_extra("metadata.ingest.2")),
@@ -284,3 +304,14 @@ def test_an_unreadable_window_leaves_the_pick_undecided_for_its_retry():
     events = {pacifica_common.PACIFICA_INGEST: [triggering(at(3), webhook_extra("metadata.ingest.1"))]}
     with pytest.raises(UndecidedError, match="cannot be read yet"):
         pacifica_common.pick_downloads(pacifica_common.PACIFICA_INGEST, events, FakeInletEvents({}, fail=True), "r")
+
+
+def test_the_pick_knows_its_last_try_from_the_task_instance():
+    import pacifica_common
+
+    inlet = FakeInletEvents({PUSH: [sdk_event(1, at(3), webhook_extra("metadata.ingest.1"))]})
+    events = {pacifica_common.PACIFICA_PULLED: [triggering(at(10), watcher_extra("metadata.ingest.1"))]}
+    with pytest.raises(UndecidedError, match="started no run yet"):
+        pacifica_common.pick_downloads(pacifica_common.PACIFICA_PULLED, events, inlet, "r")
+    downloads = pacifica_common.pick_downloads(pacifica_common.PACIFICA_PULLED, events, inlet, "r", last_try=True)
+    assert [d["cloudevent"]["eventID"] for d in downloads] == ["metadata.ingest.1"]
