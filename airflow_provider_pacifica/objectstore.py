@@ -473,14 +473,16 @@ def _abort_multipart_uploads(fs: AbstractFileSystem, prefix: str, keys: set[str]
     if not _is_s3(fs):
         return
     bucket, key, _ = fs.split_path(prefix)
+    under = f"{key}/" if key else ""  # a bare bucket: every key in it
+    wanted = None if keys is None else {tuple(fs.split_path(path)[:2]) for path in keys}
     marker: dict[str, str] = {}
     while True:
-        answer = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{key}/", **marker)
+        answer = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=under, **marker)
         for upload in answer.get("Uploads") or []:
             name = upload.get("Key", "")
-            if not name.startswith(f"{key}/"):  # a store may ignore Prefix
+            if not name.startswith(under):  # a store may ignore Prefix
                 continue
-            if keys is None or f"{bucket}/{name}" in keys:
+            if wanted is None or (bucket, name) in wanted:
                 fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload["UploadId"])
         if not answer.get("IsTruncated"):
             return

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
+from typing import Any
 
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
@@ -28,6 +30,70 @@ def fs():
 
 def objects(fs) -> dict[str, bytes]:
     return {path: fs.cat_file(path) for path in fs.find("/bucket")}
+
+
+class FakeS3(MemoryFileSystem):
+    """The memory filesystem with the few S3 calls the sink makes (``call_s3``, ``split_path``):
+    multipart uploads are held apart until completed, as S3 does, and S3's limits are checked."""
+
+    max_parts = 10_000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.uploads: dict[str, tuple[str, str, dict[int, bytes]]] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self._ids = itertools.count(1)
+
+    def split_path(self, path: str) -> tuple[str, str, None]:
+        bucket, _, key = self._strip_protocol(path).lstrip("/").partition("/")
+        return bucket, key, None
+
+    def call_s3(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append((method, kwargs))
+        return getattr(self, f"_s3_{method}")(**kwargs)
+
+    def _s3_create_multipart_upload(self, Bucket: str, Key: str) -> dict[str, Any]:
+        upload_id = f"upload-{next(self._ids)}"
+        self.uploads[upload_id] = (Bucket, Key, {})
+        return {"UploadId": upload_id}
+
+    def _s3_upload_part(self, Bucket: str, Key: str, UploadId: str, PartNumber: int, Body: bytes) -> dict[str, Any]:
+        if not 1 <= PartNumber <= self.max_parts:
+            raise OSError(f"InvalidArgument: part number {PartNumber} is over {self.max_parts}")
+        self.uploads[UploadId][2][PartNumber] = Body
+        return {"ETag": f'"{PartNumber}-{len(Body)}"'}
+
+    def _s3_complete_multipart_upload(
+        self, Bucket: str, Key: str, UploadId: str, MultipartUpload: dict[str, Any]
+    ) -> dict[str, Any]:
+        _, _, parts = self.uploads.pop(UploadId)
+        numbers = [part["PartNumber"] for part in MultipartUpload["Parts"]]
+        if any(len(parts[n]) < objectstore.MIN_PART_SIZE for n in numbers[:-1]):
+            raise OSError("EntityTooSmall")
+        self.pipe_file(f"/{Bucket}/{Key}", b"".join(parts[n] for n in numbers))
+        return {"ETag": f'"{UploadId}-{len(numbers)}"'}
+
+    def _s3_abort_multipart_upload(self, Bucket: str, Key: str, UploadId: str) -> dict[str, Any]:
+        self.uploads.pop(UploadId, None)
+        return {}
+
+    def _s3_list_multipart_uploads(self, Bucket: str, Prefix: str) -> dict[str, Any]:
+        uploads = [
+            {"Key": key, "UploadId": upload_id}
+            for upload_id, (bucket, key, _) in self.uploads.items()
+            if bucket == Bucket and key.startswith(Prefix)
+        ]
+        return {"Uploads": uploads, "IsTruncated": False}
+
+
+@pytest.fixture
+def s3():
+    store = FakeS3()
+    store.store.clear()
+    store.pseudo_dirs.clear()
+    store.pseudo_dirs.append("")
+    yield store
+    store.store.clear()
 
 
 def test_a_good_cart_lands_under_the_root_with_a_manifest_written_last(fs):
@@ -165,3 +231,12 @@ def test_many_small_files_beyond_what_is_held_go_up_in_batches_and_all_arrive(fs
     assert batches == [objectstore.BATCH_FILES, objectstore.BATCH_FILES, 3]
     stored = objects(fs)
     assert all(stored[f"/bucket/many/{path}"] == data for path, data in contents.items())
+
+
+def test_a_bare_bucket_destination_aborts_a_killed_attempts_uploads_to_its_keys_only(s3):
+    killed = s3.call_s3("create_multipart_upload", Bucket="bucket", Key="a/b.txt")["UploadId"]
+    other = s3.call_s3("create_multipart_upload", Bucket="bucket", Key="someone/else.bin")["UploadId"]
+    download_to_store(io.BytesIO(build_tar()), cart_files(), s3, "memory://bucket", "data", cart_key="c")
+    assert killed not in s3.uploads
+    assert list(s3.uploads) == [other]
+    assert s3.cat_file("/bucket/a/b.txt") == CONTENTS["a/b.txt"]
