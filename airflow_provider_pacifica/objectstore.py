@@ -7,7 +7,9 @@ this module only decides where the bytes go:
 
 * each file is streamed straight into the store, in parts of ``part_size`` bytes (8 MiB: S3's
   multipart minimum is 5 MiB; s3fs's default 50 MiB buffer would cost ~150 MiB of memory), so
-  memory stays flat whatever the file and cart sizes; files smaller than a part are gathered into
+  memory stays flat whatever the cart size. S3 allows 10,000 parts per object: a file bigger than
+  ``MAX_PARTS`` (9,000) parts gets parts of ``size / 9,000`` bytes instead (114 MiB for 1 TiB,
+  what the upload then buffers), chosen when it is opened; files smaller than a part are gathered into
   batches (at most 4 MiB or 256 files) put concurrently, from a thread that overlaps the store's
   round trips with reading the tar;
 * nothing is visible at its final name until every file is verified. On S3, a file of at least
@@ -55,6 +57,7 @@ BATCH_BYTES = 4 << 20  # small files put together, at most this many bytes...
 BATCH_FILES = 256  # ...and files per batch (the queue holds at most 8 batches)
 HELD_BYTES = 32 << 20  # small files kept in memory until all are verified, then put in place directly
 MIN_PART_SIZE = 5 << 20  # S3 refuses smaller parts (but the last)
+MAX_PARTS = 9_000  # S3 allows 10,000 parts per upload: a file over 9,000 parts gets bigger parts
 MANIFEST_PREFIX = ".pacifica-manifest-"
 STAGING_PREFIX = ".pacifica-staging-"
 MANIFEST_FORMAT = 1
@@ -225,13 +228,16 @@ class _StoreSink:
         self._raise_error()
         if size < self._part_size:
             return _SmallFile(f"{self._staging}/{relative}", relative)
+        # S3 allows 10,000 parts: past 9,000 parts of part_size (~70 GiB at 8 MiB) a file's parts
+        # grow to size/9,000 (114 MiB for 1 TiB), the memory it buffers with them.
+        part_size = max(self._part_size, -(-size // MAX_PARTS))
         if self._s3:
-            upload = _DeferredUpload(self._fs, f"{self._root}/{relative}", self._part_size)
+            upload = _DeferredUpload(self._fs, f"{self._root}/{relative}", part_size)
             self.deferred[relative] = upload
             self._handles.append(upload)
             return upload
         try:  # no request yet: the parts go up from the thread
-            handle = self._fs.open(f"{self._staging}/{relative}", "wb", block_size=self._part_size)
+            handle = self._fs.open(f"{self._staging}/{relative}", "wb", block_size=part_size)
         except OSError:
             raise
         except Exception as err:  # botocore's and aiohttp's errors are not all OSErrors

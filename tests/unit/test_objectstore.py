@@ -240,3 +240,20 @@ def test_a_bare_bucket_destination_aborts_a_killed_attempts_uploads_to_its_keys_
     assert killed not in s3.uploads
     assert list(s3.uploads) == [other]
     assert s3.cat_file("/bucket/a/b.txt") == CONTENTS["a/b.txt"]
+
+
+def test_a_file_of_more_parts_than_s3_allows_is_sent_in_bigger_parts(s3, monkeypatch):
+    monkeypatch.setattr(s3, "max_parts", 3)  # S3's 10,000, scaled down
+    monkeypatch.setattr(objectstore, "MAX_PARTS", 3)
+    contents = {**CONTENTS, "big.bin": bytes(range(256)) * (4 * objectstore.MIN_PART_SIZE // 256)}  # 4 parts' worth
+    download_to_store(
+        io.BytesIO(build_tar(contents)),
+        cart_files(contents),
+        s3,
+        "/bucket/dest",
+        "data",
+        cart_key="c",
+        part_size=objectstore.MIN_PART_SIZE,
+    )
+    assert s3.cat_file("/bucket/dest/big.bin") == contents["big.bin"]
+    assert max(kwargs["PartNumber"] for method, kwargs in s3.calls if method == "upload_part") == 3
