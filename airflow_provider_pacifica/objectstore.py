@@ -32,6 +32,7 @@ this module only decides where the bytes go:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -365,11 +366,25 @@ def download_to_store(
         published = True
         return extracted
     finally:
-        with contextlib.suppress(Exception):  # nothing may hide the outcome; a later attempt retries this
-            sink.abort()  # stops the upload thread; aborts every upload not completed
-            if not published:
-                _remove(fs, root, copied)
-            _remove_prefix(fs, staging)
+        # Each step on its own, so that one failing does not skip the next; none may hide the
+        # outcome. What a step leaves is named in the log; a later attempt removes it.
+        _clean_up(sink.abort, f"unfinished multipart uploads in {object_url(fs, root)}")
+        if not published:
+            _clean_up(functools.partial(_remove, fs, root, copied), _named(fs, copied))
+        _clean_up(functools.partial(_remove_prefix, fs, staging), f"the staging {object_url(fs, staging)}")
+
+
+def _clean_up(step: Callable[[], object], what: str) -> None:
+    """Run one clean-up step; a failure is logged, naming ``what`` it left, never raised."""
+    try:
+        step()
+    except Exception as err:
+        log.warning("Could not remove %s: %s: %s", what, type(err).__name__, err)
+
+
+def _named(fs: AbstractFileSystem, paths: Sequence[str]) -> str:
+    shown = ", ".join(object_url(fs, path) for path in paths[:5])
+    return f"the objects this failed attempt added, among {shown}{', ...' if len(paths) > 5 else ''}"
 
 
 def _publish(

@@ -257,3 +257,24 @@ def test_a_file_of_more_parts_than_s3_allows_is_sent_in_bigger_parts(s3, monkeyp
     )
     assert s3.cat_file("/bucket/dest/big.bin") == contents["big.bin"]
     assert max(kwargs["PartNumber"] for method, kwargs in s3.calls if method == "upload_part") == 3
+
+
+def test_a_clean_up_step_that_fails_does_not_skip_the_next_and_names_what_it_left(fs, monkeypatch, caplog):
+    monkeypatch.setattr(objectstore, "HELD_BYTES", 0)  # every file is staged, then copied
+    real_copy, real_rm = fs.copy, fs.rm
+
+    def copy_then_fail(sources, targets, **kwargs):
+        real_copy(sources[:1], targets[:1])
+        raise PermissionError("access denied")
+
+    def rm_only_staging(paths, *args, **kwargs):  # may delete its staging, not the published keys
+        if any(".pacifica-staging-" not in path for path in ([paths] if isinstance(paths, str) else paths)):
+            raise PermissionError("access denied")
+        return real_rm(paths, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "copy", copy_then_fail)
+    monkeypatch.setattr(fs, "rm", rm_only_staging)
+    with pytest.raises(DestinationWriteError, match="could not put the verified files into place"):
+        download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    assert not [path for path in objects(fs) if ".pacifica-staging-" in path]
+    assert "Could not remove the objects this failed attempt added, among memory:///bucket/dest/a/b.txt" in caplog.text
