@@ -39,6 +39,7 @@ import logging
 import queue
 import re
 import threading
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_pacifica.exceptions import DestinationWriteError, InvalidInputError
@@ -348,6 +349,7 @@ def download_to_store(
     remove_stale_staging(fs, staging)
     if _is_s3(fs):  # a killed attempt's unfinished uploads to this download's keys
         _abort_multipart_uploads(fs, root, keys={f"{root}/{file.path}" for file in files})
+    attempt = uuid.uuid4().hex  # names this attempt's manifest: a failure removes only its own
     copied: list[str] = []
     published = False
     sink = _StoreSink(fs, staging, root, part_size)
@@ -362,14 +364,16 @@ def download_to_store(
         )
         sink.finish()  # an upload that fails after its file's turn in the loop is raised here
         _publish(fs, staging, root, extracted, sink, copied)
-        write_manifest(fs, root, cart_key, extracted, conn_id)
+        write_manifest(fs, root, cart_key, extracted, conn_id, attempt=attempt)
         published = True
         return extracted
     finally:
         # Each step on its own, so that one failing does not skip the next; none may hide the
         # outcome. What a step leaves is named in the log; a later attempt removes it.
         _clean_up(sink.abort, f"unfinished multipart uploads in {object_url(fs, root)}")
-        if not published:
+        if not published:  # the commit marker first: it must never list objects that are gone
+            manifest = manifest_path(root, cart_key)
+            _clean_up(functools.partial(_remove_own_manifest, fs, manifest, attempt), object_url(fs, manifest))
             _clean_up(functools.partial(_remove, fs, root, copied), _named(fs, copied))
         _clean_up(functools.partial(_remove_prefix, fs, staging), f"the staging {object_url(fs, staging)}")
 
@@ -421,13 +425,24 @@ def _publish(
 
 
 def write_manifest(
-    fs: AbstractFileSystem, root: str, cart_key: str, extracted: Sequence[ExtractedFile], conn_id: str | None
+    fs: AbstractFileSystem,
+    root: str,
+    cart_key: str,
+    extracted: Sequence[ExtractedFile],
+    conn_id: str | None,
+    *,
+    attempt: str | None = None,
 ) -> str:
-    """Write the commit marker: the manifest object listing every published file with its URL."""
+    """Write the commit marker: the manifest object listing every published file with its URL.
+
+    ``attempt`` names the attempt that writes it, so that its failure removes its own manifest
+    only (a PUT can reach the store although its answer is lost), never an earlier one's.
+    """
     path = manifest_path(root, cart_key)
     document = {
         "format": MANIFEST_FORMAT,
         "cart": cart_key,
+        "attempt": attempt,
         "destination": object_url(fs, root),
         "conn_id": conn_id,
         "files": [{**file.to_dict(), "url": object_url(fs, f"{root}/{file.path}")} for file in extracted],
@@ -439,6 +454,19 @@ def write_manifest(
             f"could not write the manifest {object_url(fs, path)}: {type(err).__name__}: {err}; nothing was published"
         ) from err
     return path
+
+
+def _remove_own_manifest(fs: AbstractFileSystem, path: str, attempt: str) -> None:
+    """Remove the manifest at ``path`` if ``attempt`` wrote it (its PUT arrived, its answer did not)."""
+    fs.invalidate_cache(path.rpartition("/")[0])
+    try:
+        document = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return
+    except ValueError:  # not one of ours to judge; a later attempt overwrites it
+        return
+    if isinstance(document, dict) and document.get("attempt") == attempt:
+        fs.rm_file(path)
 
 
 def verify_published_objects(

@@ -278,3 +278,37 @@ def test_a_clean_up_step_that_fails_does_not_skip_the_next_and_names_what_it_lef
         download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
     assert not [path for path in objects(fs) if ".pacifica-staging-" in path]
     assert "Could not remove the objects this failed attempt added, among memory:///bucket/dest/a/b.txt" in caplog.text
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["first attempt", "over an earlier manifest"])
+def test_a_manifest_put_whose_answer_is_lost_is_removed_with_the_objects(fs, monkeypatch, earlier):
+    manifest = objectstore.manifest_path("/bucket/dest", "c")
+    if earlier:
+        fs.pipe_file(manifest, b'{"attempt": "an earlier one", "files": []}')
+    real_pipe_file = fs.pipe_file
+
+    def pipe_file_then_fail(path, data, **kwargs):
+        real_pipe_file(path, data, **kwargs)
+        if path == manifest:
+            raise ConnectionResetError("the answer was lost")
+
+    monkeypatch.setattr(fs, "pipe_file", pipe_file_then_fail)
+    with pytest.raises(DestinationWriteError, match="could not write the manifest"):
+        download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    assert sorted(p for p in objects(fs) if p.startswith("/bucket/dest/")) == []
+
+
+def test_a_failed_manifest_write_leaves_an_earlier_attempts_manifest(fs, monkeypatch):
+    manifest = objectstore.manifest_path("/bucket/dest", "c")
+    fs.pipe_file(manifest, b'{"attempt": "an earlier one", "files": []}')
+    real_pipe_file = fs.pipe_file
+
+    def refuse_the_manifest(path, data, **kwargs):
+        if path == manifest:
+            raise PermissionError("access denied")
+        return real_pipe_file(path, data, **kwargs)
+
+    monkeypatch.setattr(fs, "pipe_file", refuse_the_manifest)
+    with pytest.raises(DestinationWriteError, match="could not write the manifest"):
+        download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    assert sorted(p for p in objects(fs) if p.startswith("/bucket/dest/")) == [manifest]
