@@ -17,14 +17,16 @@ this module only decides where the bytes go:
   held back until then (an unfinished upload is invisible, and completing it copies nothing);
   files smaller than a part stay in memory, up to 32 MiB of them, and are put at their final keys
   then; beyond that, and every larger file on other fsspec backends (GCS, Azure, ...), they are
-  written under a staging prefix named from the cart uid (``<root>/.pacifica-staging-<key>/``)
-  and copied into place (server-side on S3). Small files are not held as multipart uploads: one
-  PUT costs fewer requests than three multipart calls each. A later attempt finds what a killed one
+  written under a staging prefix named from the cart uid and the attempt
+  (``<root>/.pacifica-staging-<key>/<attempt>/``) and copied into place (server-side on S3).
+  Small files are not held as multipart uploads: one PUT costs fewer requests than three
+  multipart calls each. A later attempt finds what a killed one
   left by name: the staging prefix, and unfinished uploads to the keys of this download's files;
 * the manifest object ``<root>/.pacifica-manifest-<cart uid>.json`` is written LAST: it is the
   commit marker. A download without it did not finish, whatever objects it left;
-* on any failure what was written is removed (staging objects, multipart uploads aborted,
-  objects already put into place that were not there before);
+* on any failure what was written is removed (staging objects, multipart uploads aborted, its
+  manifest if its PUT arrived, objects already put into place that were not there before, unless
+  a later attempt of the same download began meanwhile: they are its own from then on);
 * a retry finds the committed manifest, checks the objects still exist with the right sizes, and
   does not download again (:func:`verify_published_objects`).
 """
@@ -88,7 +90,8 @@ def manifest_path(root: str, cart_key: str) -> str:
 
 
 def staging_path(root: str, cart_key: str) -> str:
-    """The staging prefix of the download keyed ``cart_key`` (the same for every attempt)."""
+    """The staging prefix of the download keyed ``cart_key``: each attempt stages under its own
+    name in it, and the start of an attempt removes everything in it (a killed attempt's)."""
     key = hashlib.sha256(cart_key.encode()).hexdigest()[:16] if cart_key else "unkeyed"
     return f"{root}/{STAGING_PREFIX}{key}"
 
@@ -345,11 +348,23 @@ def download_to_store(
     if not cart_key:
         raise InvalidInputError("cart_key must name the download (the cart uid)")
     root = store_root(fs, root)
-    staging = staging_path(root, cart_key)
-    remove_stale_staging(fs, staging)
+    every_attempt = staging_path(root, cart_key)
+    remove_stale_staging(fs, every_attempt)  # an earlier attempt's, killed (or a zombie: it fails from here)
     if _is_s3(fs):  # a killed attempt's unfinished uploads to this download's keys
         _abort_multipart_uploads(fs, root, keys={f"{root}/{file.path}" for file in files})
-    attempt = uuid.uuid4().hex  # names this attempt's manifest: a failure removes only its own
+    # Each attempt stages under a name of its own, and marks that it is the newest with an object
+    # that the next attempt's start removes (with all the staging above): two attempts running at
+    # once (a zombie and its retry) never remove each other's staging, and one that fails removes
+    # the objects it put in place only while its marker is still there (see _remove_added).
+    attempt = uuid.uuid4().hex
+    staging = f"{every_attempt}/{attempt[:16]}"
+    newest = f"{every_attempt}/{attempt[:16]}.newest"
+    try:
+        fs.pipe_file(newest, b"")
+    except Exception as err:
+        raise DestinationWriteError(
+            f"could not write {object_url(fs, newest)}: {type(err).__name__}: {err}; nothing was published"
+        ) from err
     copied: list[str] = []
     published = False
     sink = _StoreSink(fs, staging, root, part_size)
@@ -374,8 +389,24 @@ def download_to_store(
         if not published:  # the commit marker first: it must never list objects that are gone
             manifest = manifest_path(root, cart_key)
             _clean_up(functools.partial(_remove_own_manifest, fs, manifest, attempt), object_url(fs, manifest))
-            _clean_up(functools.partial(_remove, fs, root, copied), _named(fs, copied))
+            _clean_up(functools.partial(_remove_added, fs, root, copied, newest), _named(fs, copied))
         _clean_up(functools.partial(_remove_prefix, fs, staging), f"the staging {object_url(fs, staging)}")
+        _clean_up(functools.partial(fs.rm_file, newest), object_url(fs, newest))
+
+
+def _remove_added(fs: AbstractFileSystem, root: str, paths: list[str], newest: str) -> None:
+    """Remove the objects at ``paths`` that a failed attempt added, unless a later attempt began.
+
+    Every attempt of a download writes the same bytes to the same keys, so no object (nor its
+    ETag) tells whose it is. The rule is by time instead: a later attempt's start removes this
+    one's ``newest`` marker, and from then on the keys are that attempt's to publish; removing
+    them could pull files from under its manifest. Left in place, they are overwritten by it.
+    """
+    fs.invalidate_cache(newest.rpartition("/")[0])
+    if not fs.exists(newest):
+        log.info("A later attempt began: leaving the objects this one put in place to it")
+        return
+    _remove(fs, root, paths)
 
 
 def _clean_up(step: Callable[[], object], what: str) -> None:

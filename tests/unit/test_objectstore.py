@@ -312,3 +312,34 @@ def test_a_failed_manifest_write_leaves_an_earlier_attempts_manifest(fs, monkeyp
     with pytest.raises(DestinationWriteError, match="could not write the manifest"):
         download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
     assert sorted(p for p in objects(fs) if p.startswith("/bucket/dest/")) == [manifest]
+
+
+def test_a_zombie_attempt_that_fails_leaves_the_files_its_retry_published(fs, monkeypatch):
+    real_pipe = fs.pipe
+
+    def retry_publishes_then_the_zombie_fails(batch, **kwargs):
+        monkeypatch.setattr(fs, "pipe", real_pipe)
+        # the retry of a task whose attempt still runs: it starts, publishes and commits...
+        download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+        raise ConnectionResetError("...then the zombie's own put of the same files fails")
+
+    monkeypatch.setattr(fs, "pipe", retry_publishes_then_the_zombie_fails)
+    with pytest.raises(DestinationWriteError, match="could not put the verified files into place"):
+        download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    present = verify_published_objects(fs, "/bucket/dest", cart_files(), "c")
+    assert [f.path for f in present] == list(CONTENTS)
+    assert not [path for path in objects(fs) if ".pacifica-staging-" in path]
+
+
+def test_a_failing_attempt_removes_its_own_staging_not_a_concurrent_attempts(fs, monkeypatch):
+    monkeypatch.setattr(objectstore, "HELD_BYTES", 0)  # staged, then copied
+    concurrent = f"{objectstore.staging_path('/bucket/dest', 'c')}/another-attempt/a/b.txt"
+
+    def concurrent_attempt_stages_then_copy_fails(sources, targets, **kwargs):
+        fs.pipe_file(concurrent, b"staged by an attempt running beside this one")
+        raise PermissionError("access denied")
+
+    monkeypatch.setattr(fs, "copy", concurrent_attempt_stages_then_copy_fails)
+    with pytest.raises(DestinationWriteError, match="could not put the verified files into place"):
+        download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    assert [path for path in objects(fs) if ".pacifica-staging-" in path] == [concurrent]
