@@ -44,7 +44,7 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_pacifica.exceptions import DestinationWriteError, InvalidInputError
+from airflow_provider_pacifica.exceptions import BackgroundWriteError, DestinationWriteError, InvalidInputError
 from airflow_provider_pacifica.extraction import ExtractedFile, stream_verified_files
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class _StoreSink:
             return
         path, err = self._error
         reason = (err.strerror or str(err)) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
-        raise DestinationWriteError(f"{reason} ({path}); nothing was published") from err
+        raise BackgroundWriteError(f"{reason} ({path}); nothing was published") from err
 
     def _put(self, item: tuple[str, Any, Any] | None) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -343,3 +344,27 @@ def test_a_failing_attempt_removes_its_own_staging_not_a_concurrent_attempts(fs,
     with pytest.raises(DestinationWriteError, match="could not put the verified files into place"):
         download_to_store(io.BytesIO(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
     assert [path for path in objects(fs) if ".pacifica-staging-" in path] == [concurrent]
+
+
+def test_an_upload_error_raised_at_a_later_write_names_only_the_object_that_failed(fs, monkeypatch):
+    monkeypatch.setattr(objectstore, "HELD_BYTES", 0)
+    monkeypatch.setattr(objectstore, "BATCH_FILES", 1)  # each small file goes up alone, from the thread
+    failed = threading.Event()
+
+    def pipe_refusing(batch, **kwargs):
+        failed.set()
+        raise PermissionError(13, "Access Denied")
+
+    class AfterTheFailure(io.BytesIO):  # the next member is read once the upload has failed
+        def read(self, size=-1):
+            if self.tell() > 1024:
+                failed.wait(timeout=60)
+            return super().read(size)
+
+    monkeypatch.setattr(fs, "pipe", pipe_refusing)
+    with pytest.raises(DestinationWriteError) as raised:
+        download_to_store(AfterTheFailure(build_tar()), cart_files(), fs, "/bucket/dest", "data", cart_key="c")
+    message = str(raised.value)
+    assert "Access Denied (one of 1 files from /bucket/dest/.pacifica-staging-" in message
+    assert "/a/b.txt)" in message
+    assert "could not write file" not in message  # no other file named as the one that failed
