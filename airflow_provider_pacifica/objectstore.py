@@ -62,6 +62,7 @@ BATCH_FILES = 256  # ...and files per batch (the queue holds at most 8 batches)
 HELD_BYTES = 32 << 20  # small files kept in memory until all are verified, then put in place directly
 MIN_PART_SIZE = 5 << 20  # S3 refuses smaller parts (but the last)
 MAX_PARTS = 9_000  # S3 allows 10,000 parts per upload: a file over 9,000 parts gets bigger parts
+ABORT_WAIT = 120.0  # seconds a failed download waits for the upload thread's request in flight
 MANIFEST_PREFIX = ".pacifica-manifest-"
 STAGING_PREFIX = ".pacifica-staging-"
 MANIFEST_FORMAT = 1
@@ -116,7 +117,7 @@ class _DeferredUpload:
         self._buffer = bytearray()
         self._parts: list[dict[str, Any]] = []
         self._upload_id: str | None = None
-        self.closed = self.completed = False
+        self.completed = False
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         return self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
@@ -137,7 +138,6 @@ class _DeferredUpload:
     def close(self) -> None:
         if self._buffer or not self._parts:
             self._send()
-        self.closed = True
 
     def complete(self) -> None:
         self._call("complete_multipart_upload", UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
@@ -295,7 +295,13 @@ class _StoreSink:
                 while True:  # make room for the end marker
                     self._queue.get_nowait()
             self._queue.put(None)
-            self._thread.join()
+            self._thread.join(ABORT_WAIT)
+            if self._thread.is_alive():  # a hung request: the task must still end
+                log.warning(
+                    "The upload thread did not stop within %.0f s (a store that does not answer); "
+                    "aborting its uploads without it",
+                    ABORT_WAIT,
+                )
         for handle in self._handles:
             if isinstance(handle, _DeferredUpload):
                 with contextlib.suppress(Exception):

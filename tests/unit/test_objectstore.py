@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -12,7 +13,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_pacifica import objectstore
-from airflow_provider_pacifica.exceptions import DestinationWriteError, InvalidInputError
+from airflow_provider_pacifica.exceptions import DestinationWriteError, InvalidInputError, VerificationError
 from airflow_provider_pacifica.objectstore import download_to_store, verify_published_objects
 from tests.tars import CONTENTS, build_tar, cart_files, hostile_tars
 from tests.unit.test_extraction import EXPECTED_ERRORS
@@ -368,3 +369,35 @@ def test_an_upload_error_raised_at_a_later_write_names_only_the_object_that_fail
     assert "Access Denied (one of 1 files from /bucket/dest/.pacifica-staging-" in message
     assert "/a/b.txt)" in message
     assert "could not write file" not in message  # no other file named as the one that failed
+
+
+def test_a_store_that_hangs_does_not_hang_the_failed_download(fs, monkeypatch, caplog):
+    monkeypatch.setattr(objectstore, "HELD_BYTES", 0)
+    monkeypatch.setattr(objectstore, "BATCH_FILES", 1)
+    monkeypatch.setattr(objectstore, "ABORT_WAIT", 0.1)
+    asked, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(fs, "pipe", lambda batch, **kwargs: (asked.set(), release.wait()))  # never answers
+    files = cart_files()
+    files[-1] = dataclasses.replace(files[-1], hashsum="0" * 40)  # fails at the last file
+    outcome: list[BaseException] = []
+
+    class OnceAsked(io.BytesIO):  # the rest of the tar is read once the store hangs on a request
+        def read(self, size=-1):
+            if self.tell() > 1024:
+                asked.wait(timeout=60)
+            return super().read(size)
+
+    def download() -> None:
+        try:
+            download_to_store(OnceAsked(build_tar()), files, fs, "/bucket/dest", "data", cart_key="c")
+        except BaseException as err:
+            outcome.append(err)
+
+    attempt = threading.Thread(target=download, daemon=True)
+    attempt.start()
+    attempt.join(timeout=120)
+    ended_while_the_store_hung = not attempt.is_alive()
+    release.set()
+    assert ended_while_the_store_hung
+    assert isinstance(outcome[0], VerificationError)
+    assert "The upload thread did not stop within" in caplog.text
