@@ -12,7 +12,7 @@ import pytest
 
 from airflow_provider_pacifica.cloudevents import CartFile
 from airflow_provider_pacifica.exceptions import StreamError, UnsafeMemberError, VerificationError
-from airflow_provider_pacifica.objectstore import PART_SIZE, download_to_store, manifest_path, staging_path
+from airflow_provider_pacifica.objectstore import PART_SIZE, download_to_store, staging_path
 from tests.integration.test_hook_cartd import load
 from tests.tars import build_tar, cart_files, hostile_tars
 
@@ -161,10 +161,6 @@ def test_relative_paths_and_url_strings_fail_the_task_at_once(cartd_stack, hook,
     files = [CartFile("1", "a.txt", "sha1", "0" * 40, 1)]
     with pytest.raises(AirflowFailException, match=f"destination '{destination}' is a {named}"):
         operator_for(files, destination).execute(context_for("manual__refused"))
-
-
-def test_manifest_names_are_the_original_cart_uid(s3_stack):
-    assert manifest_path("bucket/p", "abc-r1") == "bucket/p/.pacifica-manifest-abc-r1.json"
 
 
 def test_the_example_dag_downloads_to_the_configured_s3_root_and_summarizes_from_it(
