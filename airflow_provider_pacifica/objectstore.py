@@ -9,9 +9,9 @@ this module only decides where the bytes go:
   multipart minimum is 5 MiB; s3fs's default 50 MiB buffer would cost ~150 MiB of memory), so
   memory stays flat whatever the cart size. S3 allows 10,000 parts per object: a file bigger than
   ``MAX_PARTS`` (9,000) parts gets parts of ``size / 9,000`` bytes instead (114 MiB for 1 TiB,
-  what the upload then buffers), chosen when it is opened; files smaller than a part are gathered into
-  batches (at most 4 MiB or 256 files) put concurrently, from a thread that overlaps the store's
-  round trips with reading the tar;
+  what the upload then buffers), chosen when it is opened; files smaller than a part are
+  gathered into batches (at most 4 MiB or 256 files) put concurrently, from a thread that
+  overlaps the store's round trips with reading the tar;
 * nothing is visible at its final name until every file is verified. On S3, a file of at least
   one part goes straight to its final key as a multipart upload whose CompleteMultipartUpload is
   held back until then (an unfinished upload is invisible, and completing it copies nothing);
@@ -20,8 +20,10 @@ this module only decides where the bytes go:
   written under a staging prefix named from the cart uid and the attempt
   (``<root>/.pacifica-staging-<key>/<attempt>/``) and copied into place (server-side on S3).
   Small files are not held as multipart uploads: one PUT costs fewer requests than three
-  multipart calls each. A later attempt finds what a killed one
-  left by name: the staging prefix, and unfinished uploads to the keys of this download's files;
+  multipart calls each. A later attempt finds what a killed one left by name: the staging
+  prefix, and unfinished uploads to the keys of this download's files;
+* only the directories the files go into are listed (to see which objects exist), never the
+  whole root, which many downloads may share;
 * the manifest object ``<root>/.pacifica-manifest-<cart uid>.json`` is written LAST: it is the
   commit marker. A download without it did not finish, whatever objects it left;
 * on any failure what was written is removed (staging objects, multipart uploads aborted, its
@@ -42,6 +44,7 @@ import queue
 import re
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_pacifica.exceptions import BackgroundWriteError, DestinationWriteError, InvalidInputError
@@ -62,6 +65,7 @@ BATCH_FILES = 256  # ...and files per batch (the queue holds at most 8 batches)
 HELD_BYTES = 32 << 20  # small files kept in memory until all are verified, then put in place directly
 MIN_PART_SIZE = 5 << 20  # S3 refuses smaller parts (but the last)
 MAX_PARTS = 9_000  # S3 allows 10,000 parts per upload: a file over 9,000 parts gets bigger parts
+LISTINGS_AT_ONCE = 16  # directories listed concurrently when checking which objects exist
 ABORT_WAIT = 120.0  # seconds a failed download waits for the upload thread's request in flight
 MANIFEST_PREFIX = ".pacifica-manifest-"
 STAGING_PREFIX = ".pacifica-staging-"
@@ -397,7 +401,12 @@ def download_to_store(
             _clean_up(functools.partial(_remove_own_manifest, fs, manifest, attempt), object_url(fs, manifest))
             _clean_up(functools.partial(_remove_added, fs, root, copied, newest), _named(fs, copied))
         _clean_up(functools.partial(_remove_prefix, fs, staging), f"the staging {object_url(fs, staging)}")
-        _clean_up(functools.partial(fs.rm_file, newest), object_url(fs, newest))
+        _clean_up(functools.partial(_remove_marker, fs, newest), object_url(fs, newest))
+
+
+def _remove_marker(fs: AbstractFileSystem, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):  # a later attempt's start removed it already
+        fs.rm_file(path)
 
 
 def _remove_added(fs: AbstractFileSystem, root: str, paths: list[str], newest: str) -> None:
@@ -442,8 +451,7 @@ def _publish(
     Objects that were not there before are recorded in ``copied``, so that a failure midway
     removes them again; one that replaced an earlier object stays (its old content is gone).
     """
-    fs.invalidate_cache(root)
-    existing = set(fs.find(root)) if fs.exists(root) else set()
+    existing = _object_sizes(fs, [f"{root}/{file.path}" for file in extracted])
     copied.extend(target for file in extracted if (target := f"{root}/{file.path}") not in existing)
     deferred, held = sink.deferred, sink.held
     staged = [file.path for file in extracted if file.path not in deferred and file.path not in held]
@@ -533,12 +541,11 @@ def verify_published_objects(
             or (file.size is not None and entry.get("size") != file.size)
         ):
             return None
-    present = fs.find(root, detail=True)
+    present = _object_sizes(fs, [f"{root}/{file.path}" for file in files])
     verified = []
     for file in files:
         entry = listed[file.path]
-        info = present.get(f"{root}/{file.path}")
-        if info is None or info.get("type") != "file" or info.get("size") != entry["size"]:
+        if present.get(f"{root}/{file.path}") != entry["size"]:
             return None
         verified.append(ExtractedFile(file.id, file.path, int(entry["size"]), file.hashtype, file.hashsum))
     return verified
@@ -584,11 +591,62 @@ def _remove_prefix(fs: AbstractFileSystem, prefix: str) -> None:
 
 
 def _remove(fs: AbstractFileSystem, root: str, paths: list[str]) -> None:
-    """Remove those of ``paths`` that exist (one listing, not one request per path)."""
+    """Remove those of ``paths`` that exist (listing their directories, not one request per path)."""
     if not paths:
         return
-    fs.invalidate_cache(root)
-    present = set(fs.find(root)).intersection(paths)
+    present = _object_sizes(fs, paths)
     if present:
         fs.rm(sorted(present))
     fs.invalidate_cache(root)
+
+
+def _object_sizes(fs: AbstractFileSystem, paths: Sequence[str]) -> dict[str, int]:
+    """The size of each of ``paths`` that is an object in ``fs``.
+
+    Only the directories that hold them are listed (not recursively, several at once), never the
+    whole destination: one destination may be shared by many downloads, or be a whole bucket.
+    The cost is a request per 1,000 objects in each of those directories.
+    """
+    if not paths:
+        return {}
+    s3 = _is_s3(fs)
+    directories = sorted({path.rpartition("/")[0] for path in paths})
+    list_one = functools.partial(_s3_directory if s3 else _directory, fs)
+    found: dict[Any, int] = {}
+    with ThreadPoolExecutor(max_workers=min(LISTINGS_AT_ONCE, len(directories))) as pool:
+        for listing in pool.map(list_one, directories):
+            found.update(listing)
+    sizes = {}
+    for path in paths:
+        size = found.get(tuple(fs.split_path(path)[:2]) if s3 else path)
+        if size is not None:
+            sizes[path] = size
+    return sizes
+
+
+def _directory(fs: AbstractFileSystem, directory: str) -> dict[Any, int]:
+    """The objects directly in ``directory``, by path, with their sizes (any fsspec filesystem)."""
+    fs.invalidate_cache(directory)
+    try:
+        entries = fs.ls(directory, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {entry["name"]: int(entry["size"]) for entry in entries if entry.get("type") == "file"}
+
+
+def _s3_directory(fs: AbstractFileSystem, directory: str) -> dict[Any, int]:
+    """The objects directly under ``directory`` in S3, by (bucket, key), with their sizes.
+
+    ListObjectsV2 with a delimiter: s3fs's ``ls`` of a missing directory lists its parent too.
+    """
+    bucket, key, _ = fs.split_path(directory)
+    under = f"{key}/" if key else ""
+    found: dict[Any, int] = {}
+    token: dict[str, str] = {}
+    while True:
+        answer = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=under, Delimiter="/", **token)
+        for item in answer.get("Contents") or []:
+            found[(bucket, item["Key"])] = int(item["Size"])
+        if not answer.get("IsTruncated"):
+            return found
+        token = {"ContinuationToken": answer["NextContinuationToken"]}

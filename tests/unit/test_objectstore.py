@@ -38,6 +38,7 @@ class FakeS3(MemoryFileSystem):
     """The memory filesystem with the few S3 calls the sink makes (``call_s3``, ``split_path``):
     multipart uploads are held apart until completed, as S3 does, and S3's limits are checked."""
 
+    cachable = False  # a fresh instance per test: fsspec would hand back the last one, calls and all
     max_parts = 10_000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -78,6 +79,15 @@ class FakeS3(MemoryFileSystem):
     def _s3_abort_multipart_upload(self, Bucket: str, Key: str, UploadId: str) -> dict[str, Any]:
         self.uploads.pop(UploadId, None)
         return {}
+
+    def _s3_list_objects_v2(self, Bucket: str, Prefix: str, Delimiter: str) -> dict[str, Any]:
+        under = f"/{Bucket}/{Prefix}"
+        found = [
+            {"Key": path.removeprefix(f"/{Bucket}/"), "Size": len(self.store[path].getvalue())}
+            for path in sorted(self.store)
+            if path.startswith(under) and Delimiter not in path[len(under) :]
+        ]
+        return {"Contents": found, "IsTruncated": False}
 
     def _s3_list_multipart_uploads(self, Bucket: str, Prefix: str) -> dict[str, Any]:
         uploads = [
@@ -316,7 +326,7 @@ def test_a_failed_manifest_write_leaves_an_earlier_attempts_manifest(fs, monkeyp
     assert sorted(p for p in objects(fs) if p.startswith("/bucket/dest/")) == [manifest]
 
 
-def test_a_zombie_attempt_that_fails_leaves_the_files_its_retry_published(fs, monkeypatch):
+def test_a_zombie_attempt_that_fails_leaves_the_files_its_retry_published(fs, monkeypatch, caplog):
     real_pipe = fs.pipe
 
     def retry_publishes_then_the_zombie_fails(batch, **kwargs):
@@ -331,6 +341,7 @@ def test_a_zombie_attempt_that_fails_leaves_the_files_its_retry_published(fs, mo
     present = verify_published_objects(fs, "/bucket/dest", cart_files(), "c")
     assert [f.path for f in present] == list(CONTENTS)
     assert not [path for path in objects(fs) if ".pacifica-staging-" in path]
+    assert "Could not remove" not in caplog.text
 
 
 def test_a_failing_attempt_removes_its_own_staging_not_a_concurrent_attempts(fs, monkeypatch):
@@ -401,3 +412,35 @@ def test_a_store_that_hangs_does_not_hang_the_failed_download(fs, monkeypatch, c
     assert ended_while_the_store_hung
     assert isinstance(outcome[0], VerificationError)
     assert "The upload thread did not stop within" in caplog.text
+
+
+@pytest.mark.parametrize("root", ["memory://bucket", "memory://bucket/shared"], ids=["bare bucket", "shared prefix"])
+@pytest.mark.parametrize("store", ["s3", "fs"])
+def test_publishing_and_the_skip_check_list_only_the_directories_of_the_carts_files(s3, fs, monkeypatch, root, store):
+    target = s3 if store == "s3" else fs
+    base = objectstore.store_root(target, root)
+    for i in range(3):  # other downloads' files in the same root
+        target.pipe_file(f"{base}/other-{i}/deep/file.txt", b"not ours")
+    real_find, real_ls = target.find, target.ls
+    listed: list[str] = []
+
+    def find_staging_only(path, *args, **kwargs):
+        if ".pacifica-staging-" not in path:
+            pytest.fail(f"listed {path} recursively")
+        return real_find(path, *args, **kwargs)
+
+    def ls(path, *args, **kwargs):
+        listed.append(path)
+        return real_ls(path, *args, **kwargs)
+
+    monkeypatch.setattr(target, "find", find_staging_only)
+    monkeypatch.setattr(target, "ls", ls)
+    download_to_store(io.BytesIO(build_tar()), cart_files(), target, root, "data", cart_key="c")
+    assert [f.path for f in verify_published_objects(target, root, cart_files(), "c")] == list(CONTENTS)
+    if store == "s3":
+        listed = [kwargs["Prefix"] for method, kwargs in s3.calls if method == "list_objects_v2"]
+        prefix = base.removeprefix("/bucket").strip("/")
+        base = f"{prefix}/" if prefix else ""
+        assert set(listed) == {f"{base}{d}/" for d in ("a", "a/c", "é", "bin")}
+    else:
+        assert set(listed) == {f"{base}/{d}" for d in ("a", "a/c", "é", "bin")}
