@@ -108,6 +108,14 @@ class DestinationWriteError(ExtractionError):
     """
 
 
+class BackgroundWriteError(DestinationWriteError):
+    """A write that failed in an upload thread and surfaced at a later call.
+
+    Its message names the object that failed, which is not the file being handed over when it
+    is raised.
+    """
+
+
 class RollbackError(ExtractionError):
     """Publishing failed midway and some moves could not be undone.
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_pacifica.exceptions import (
+    BackgroundWriteError,
     DestinationWriteError,
     ExtractionError,
     InvalidInputError,
@@ -403,6 +404,8 @@ def stream_verified_files(
             report()
     except FileExistsError as err:  # two names that normalise to one path
         raise UnsafeMemberError(f"tar member written twice: {err.filename or writing!r}") from err
+    except BackgroundWriteError as err:  # names its own object: the file being handed over did not fail
+        raise DestinationWriteError(f"could not write {sink.where}: {err}") from err
     except DestinationWriteError as err:
         raise DestinationWriteError(f"could not write file {writing!r} {sink.where}: {err}") from err
     except OSError as err:  # the network side's errors are StreamErrors: this is the destination

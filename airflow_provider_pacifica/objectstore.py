@@ -7,22 +7,28 @@ this module only decides where the bytes go:
 
 * each file is streamed straight into the store, in parts of ``part_size`` bytes (8 MiB: S3's
   multipart minimum is 5 MiB; s3fs's default 50 MiB buffer would cost ~150 MiB of memory), so
-  memory stays flat whatever the file and cart sizes; files smaller than a part are gathered into
-  batches (at most 4 MiB or 256 files) put concurrently, from a thread that overlaps the store's
-  round trips with reading the tar;
+  memory stays flat whatever the cart size. S3 allows 10,000 parts per object: a file bigger than
+  ``MAX_PARTS`` (9,000) parts gets parts of ``size / 9,000`` bytes instead (114 MiB for 1 TiB,
+  what the upload then buffers), chosen when it is opened; files smaller than a part are
+  gathered into batches (at most 4 MiB or 256 files) put concurrently, from a thread that
+  overlaps the store's round trips with reading the tar;
 * nothing is visible at its final name until every file is verified. On S3, a file of at least
   one part goes straight to its final key as a multipart upload whose CompleteMultipartUpload is
   held back until then (an unfinished upload is invisible, and completing it copies nothing);
   files smaller than a part stay in memory, up to 32 MiB of them, and are put at their final keys
   then; beyond that, and every larger file on other fsspec backends (GCS, Azure, ...), they are
-  written under a staging prefix named from the cart uid (``<root>/.pacifica-staging-<key>/``)
-  and copied into place (server-side on S3). Small files are not held as multipart uploads: one
-  PUT costs fewer requests than three multipart calls each. A later attempt finds what a killed one
-  left by name: the staging prefix, and unfinished uploads to the keys of this download's files;
+  written under a staging prefix named from the cart uid and the attempt
+  (``<root>/.pacifica-staging-<key>/<attempt>/``) and copied into place (server-side on S3).
+  Small files are not held as multipart uploads: one PUT costs fewer requests than three
+  multipart calls each. A later attempt finds what a killed one left by name: the staging
+  prefix, and unfinished uploads to the keys of this download's files;
+* only the directories the files go into are listed (to see which objects exist), never the
+  whole root, which many downloads may share;
 * the manifest object ``<root>/.pacifica-manifest-<cart uid>.json`` is written LAST: it is the
   commit marker. A download without it did not finish, whatever objects it left;
-* on any failure what was written is removed (staging objects, multipart uploads aborted,
-  objects already put into place that were not there before);
+* on any failure what was written is removed (staging objects, multipart uploads aborted, its
+  manifest if its PUT arrived, objects already put into place that were not there before, unless
+  a later attempt of the same download began meanwhile: they are its own from then on);
 * a retry finds the committed manifest, checks the objects still exist with the right sizes, and
   does not download again (:func:`verify_published_objects`).
 """
@@ -30,15 +36,18 @@ this module only decides where the bytes go:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import queue
 import re
 import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_pacifica.exceptions import DestinationWriteError, InvalidInputError
+from airflow_provider_pacifica.exceptions import BackgroundWriteError, DestinationWriteError, InvalidInputError
 from airflow_provider_pacifica.extraction import ExtractedFile, stream_verified_files
 
 if TYPE_CHECKING:
@@ -55,6 +64,9 @@ BATCH_BYTES = 4 << 20  # small files put together, at most this many bytes...
 BATCH_FILES = 256  # ...and files per batch (the queue holds at most 8 batches)
 HELD_BYTES = 32 << 20  # small files kept in memory until all are verified, then put in place directly
 MIN_PART_SIZE = 5 << 20  # S3 refuses smaller parts (but the last)
+MAX_PARTS = 9_000  # S3 allows 10,000 parts per upload: a file over 9,000 parts gets bigger parts
+LISTINGS_AT_ONCE = 16  # directories listed concurrently when checking which objects exist
+ABORT_WAIT = 120.0  # seconds a failed download waits for the upload thread's request in flight
 MANIFEST_PREFIX = ".pacifica-manifest-"
 STAGING_PREFIX = ".pacifica-staging-"
 MANIFEST_FORMAT = 1
@@ -83,7 +95,8 @@ def manifest_path(root: str, cart_key: str) -> str:
 
 
 def staging_path(root: str, cart_key: str) -> str:
-    """The staging prefix of the download keyed ``cart_key`` (the same for every attempt)."""
+    """The staging prefix of the download keyed ``cart_key``: each attempt stages under its own
+    name in it, and the start of an attempt removes everything in it (a killed attempt's)."""
     key = hashlib.sha256(cart_key.encode()).hexdigest()[:16] if cart_key else "unkeyed"
     return f"{root}/{STAGING_PREFIX}{key}"
 
@@ -108,7 +121,7 @@ class _DeferredUpload:
         self._buffer = bytearray()
         self._parts: list[dict[str, Any]] = []
         self._upload_id: str | None = None
-        self.closed = self.completed = False
+        self.completed = False
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         return self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
@@ -129,7 +142,6 @@ class _DeferredUpload:
     def close(self) -> None:
         if self._buffer or not self._parts:
             self._send()
-        self.closed = True
 
     def complete(self) -> None:
         self._call("complete_multipart_upload", UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
@@ -206,7 +218,7 @@ class _StoreSink:
             return
         path, err = self._error
         reason = (err.strerror or str(err)) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
-        raise DestinationWriteError(f"{reason} ({path}); nothing was published") from err
+        raise BackgroundWriteError(f"{reason} ({path}); nothing was published") from err
 
     def _put(self, item: tuple[str, Any, Any] | None) -> None:
         while True:
@@ -225,13 +237,16 @@ class _StoreSink:
         self._raise_error()
         if size < self._part_size:
             return _SmallFile(f"{self._staging}/{relative}", relative)
+        # S3 allows 10,000 parts: past 9,000 parts of part_size (~70 GiB at 8 MiB) a file's parts
+        # grow to size/9,000 (114 MiB for 1 TiB), the memory it buffers with them.
+        part_size = max(self._part_size, -(-size // MAX_PARTS))
         if self._s3:
-            upload = _DeferredUpload(self._fs, f"{self._root}/{relative}", self._part_size)
+            upload = _DeferredUpload(self._fs, f"{self._root}/{relative}", part_size)
             self.deferred[relative] = upload
             self._handles.append(upload)
             return upload
         try:  # no request yet: the parts go up from the thread
-            handle = self._fs.open(f"{self._staging}/{relative}", "wb", block_size=self._part_size)
+            handle = self._fs.open(f"{self._staging}/{relative}", "wb", block_size=part_size)
         except OSError:
             raise
         except Exception as err:  # botocore's and aiohttp's errors are not all OSErrors
@@ -284,7 +299,13 @@ class _StoreSink:
                 while True:  # make room for the end marker
                     self._queue.get_nowait()
             self._queue.put(None)
-            self._thread.join()
+            self._thread.join(ABORT_WAIT)
+            if self._thread.is_alive():  # a hung request: the task must still end
+                log.warning(
+                    "The upload thread did not stop within %.0f s (a store that does not answer); "
+                    "aborting its uploads without it",
+                    ABORT_WAIT,
+                )
         for handle in self._handles:
             if isinstance(handle, _DeferredUpload):
                 with contextlib.suppress(Exception):
@@ -337,10 +358,23 @@ def download_to_store(
     if not cart_key:
         raise InvalidInputError("cart_key must name the download (the cart uid)")
     root = store_root(fs, root)
-    staging = staging_path(root, cart_key)
-    remove_stale_staging(fs, staging)
+    every_attempt = staging_path(root, cart_key)
+    remove_stale_staging(fs, every_attempt)  # an earlier attempt's, killed (or a zombie: it fails from here)
     if _is_s3(fs):  # a killed attempt's unfinished uploads to this download's keys
         _abort_multipart_uploads(fs, root, keys={f"{root}/{file.path}" for file in files})
+    # Each attempt stages under a name of its own, and marks that it is the newest with an object
+    # that the next attempt's start removes (with all the staging above): two attempts running at
+    # once (a zombie and its retry) never remove each other's staging, and one that fails removes
+    # the objects it put in place only while its marker is still there (see _remove_added).
+    attempt = uuid.uuid4().hex
+    staging = f"{every_attempt}/{attempt[:16]}"
+    newest = f"{every_attempt}/{attempt[:16]}.newest"
+    try:
+        fs.pipe_file(newest, b"")
+    except Exception as err:
+        raise DestinationWriteError(
+            f"could not write {object_url(fs, newest)}: {type(err).__name__}: {err}; nothing was published"
+        ) from err
     copied: list[str] = []
     published = False
     sink = _StoreSink(fs, staging, root, part_size)
@@ -355,15 +389,52 @@ def download_to_store(
         )
         sink.finish()  # an upload that fails after its file's turn in the loop is raised here
         _publish(fs, staging, root, extracted, sink, copied)
-        write_manifest(fs, root, cart_key, extracted, conn_id)
+        write_manifest(fs, root, cart_key, extracted, conn_id, attempt=attempt)
         published = True
         return extracted
     finally:
-        with contextlib.suppress(Exception):  # nothing may hide the outcome; a later attempt retries this
-            sink.abort()  # stops the upload thread; aborts every upload not completed
-            if not published:
-                _remove(fs, root, copied)
-            _remove_prefix(fs, staging)
+        # Each step on its own, so that one failing does not skip the next; none may hide the
+        # outcome. What a step leaves is named in the log; a later attempt removes it.
+        _clean_up(sink.abort, f"unfinished multipart uploads in {object_url(fs, root)}")
+        if not published:  # the commit marker first: it must never list objects that are gone
+            manifest = manifest_path(root, cart_key)
+            _clean_up(functools.partial(_remove_own_manifest, fs, manifest, attempt), object_url(fs, manifest))
+            _clean_up(functools.partial(_remove_added, fs, root, copied, newest), _named(fs, copied))
+        _clean_up(functools.partial(_remove_prefix, fs, staging), f"the staging {object_url(fs, staging)}")
+        _clean_up(functools.partial(_remove_marker, fs, newest), object_url(fs, newest))
+
+
+def _remove_marker(fs: AbstractFileSystem, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):  # a later attempt's start removed it already
+        fs.rm_file(path)
+
+
+def _remove_added(fs: AbstractFileSystem, root: str, paths: list[str], newest: str) -> None:
+    """Remove the objects at ``paths`` that a failed attempt added, unless a later attempt began.
+
+    Every attempt of a download writes the same bytes to the same keys, so no object (nor its
+    ETag) tells whose it is. The rule is by time instead: a later attempt's start removes this
+    one's ``newest`` marker, and from then on the keys are that attempt's to publish; removing
+    them could pull files from under its manifest. Left in place, they are overwritten by it.
+    """
+    fs.invalidate_cache(newest.rpartition("/")[0])
+    if not fs.exists(newest):
+        log.info("A later attempt began: leaving the objects this one put in place to it")
+        return
+    _remove(fs, root, paths)
+
+
+def _clean_up(step: Callable[[], object], what: str) -> None:
+    """Run one clean-up step; a failure is logged, naming ``what`` it left, never raised."""
+    try:
+        step()
+    except Exception as err:
+        log.warning("Could not remove %s: %s: %s", what, type(err).__name__, err)
+
+
+def _named(fs: AbstractFileSystem, paths: Sequence[str]) -> str:
+    shown = ", ".join(object_url(fs, path) for path in paths[:5])
+    return f"the objects this failed attempt added, among {shown}{', ...' if len(paths) > 5 else ''}"
 
 
 def _publish(
@@ -380,8 +451,7 @@ def _publish(
     Objects that were not there before are recorded in ``copied``, so that a failure midway
     removes them again; one that replaced an earlier object stays (its old content is gone).
     """
-    fs.invalidate_cache(root)
-    existing = set(fs.find(root)) if fs.exists(root) else set()
+    existing = _object_sizes(fs, [f"{root}/{file.path}" for file in extracted])
     copied.extend(target for file in extracted if (target := f"{root}/{file.path}") not in existing)
     deferred, held = sink.deferred, sink.held
     staged = [file.path for file in extracted if file.path not in deferred and file.path not in held]
@@ -400,13 +470,24 @@ def _publish(
 
 
 def write_manifest(
-    fs: AbstractFileSystem, root: str, cart_key: str, extracted: Sequence[ExtractedFile], conn_id: str | None
+    fs: AbstractFileSystem,
+    root: str,
+    cart_key: str,
+    extracted: Sequence[ExtractedFile],
+    conn_id: str | None,
+    *,
+    attempt: str | None = None,
 ) -> str:
-    """Write the commit marker: the manifest object listing every published file with its URL."""
+    """Write the commit marker: the manifest object listing every published file with its URL.
+
+    ``attempt`` names the attempt that writes it, so that its failure removes its own manifest
+    only (a PUT can reach the store although its answer is lost), never an earlier one's.
+    """
     path = manifest_path(root, cart_key)
     document = {
         "format": MANIFEST_FORMAT,
         "cart": cart_key,
+        "attempt": attempt,
         "destination": object_url(fs, root),
         "conn_id": conn_id,
         "files": [{**file.to_dict(), "url": object_url(fs, f"{root}/{file.path}")} for file in extracted],
@@ -418,6 +499,19 @@ def write_manifest(
             f"could not write the manifest {object_url(fs, path)}: {type(err).__name__}: {err}; nothing was published"
         ) from err
     return path
+
+
+def _remove_own_manifest(fs: AbstractFileSystem, path: str, attempt: str) -> None:
+    """Remove the manifest at ``path`` if ``attempt`` wrote it (its PUT arrived, its answer did not)."""
+    fs.invalidate_cache(path.rpartition("/")[0])
+    try:
+        document = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return
+    except ValueError:  # not one of ours to judge; a later attempt overwrites it
+        return
+    if isinstance(document, dict) and document.get("attempt") == attempt:
+        fs.rm_file(path)
 
 
 def verify_published_objects(
@@ -447,12 +541,11 @@ def verify_published_objects(
             or (file.size is not None and entry.get("size") != file.size)
         ):
             return None
-    present = fs.find(root, detail=True)
+    present = _object_sizes(fs, [f"{root}/{file.path}" for file in files])
     verified = []
     for file in files:
         entry = listed[file.path]
-        info = present.get(f"{root}/{file.path}")
-        if info is None or info.get("type") != "file" or info.get("size") != entry["size"]:
+        if present.get(f"{root}/{file.path}") != entry["size"]:
             return None
         verified.append(ExtractedFile(file.id, file.path, int(entry["size"]), file.hashtype, file.hashsum))
     return verified
@@ -473,14 +566,16 @@ def _abort_multipart_uploads(fs: AbstractFileSystem, prefix: str, keys: set[str]
     if not _is_s3(fs):
         return
     bucket, key, _ = fs.split_path(prefix)
+    under = f"{key}/" if key else ""  # a bare bucket: every key in it
+    wanted = None if keys is None else {tuple(fs.split_path(path)[:2]) for path in keys}
     marker: dict[str, str] = {}
     while True:
-        answer = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{key}/", **marker)
+        answer = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=under, **marker)
         for upload in answer.get("Uploads") or []:
             name = upload.get("Key", "")
-            if not name.startswith(f"{key}/"):  # a store may ignore Prefix
+            if not name.startswith(under):  # a store may ignore Prefix
                 continue
-            if keys is None or f"{bucket}/{name}" in keys:
+            if wanted is None or (bucket, name) in wanted:
                 fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload["UploadId"])
         if not answer.get("IsTruncated"):
             return
@@ -496,11 +591,62 @@ def _remove_prefix(fs: AbstractFileSystem, prefix: str) -> None:
 
 
 def _remove(fs: AbstractFileSystem, root: str, paths: list[str]) -> None:
-    """Remove those of ``paths`` that exist (one listing, not one request per path)."""
+    """Remove those of ``paths`` that exist (listing their directories, not one request per path)."""
     if not paths:
         return
-    fs.invalidate_cache(root)
-    present = set(fs.find(root)).intersection(paths)
+    present = _object_sizes(fs, paths)
     if present:
         fs.rm(sorted(present))
     fs.invalidate_cache(root)
+
+
+def _object_sizes(fs: AbstractFileSystem, paths: Sequence[str]) -> dict[str, int]:
+    """The size of each of ``paths`` that is an object in ``fs``.
+
+    Only the directories that hold them are listed (not recursively, several at once), never the
+    whole destination: one destination may be shared by many downloads, or be a whole bucket.
+    The cost is a request per 1,000 objects in each of those directories.
+    """
+    if not paths:
+        return {}
+    s3 = _is_s3(fs)
+    directories = sorted({path.rpartition("/")[0] for path in paths})
+    list_one = functools.partial(_s3_directory if s3 else _directory, fs)
+    found: dict[Any, int] = {}
+    with ThreadPoolExecutor(max_workers=min(LISTINGS_AT_ONCE, len(directories))) as pool:
+        for listing in pool.map(list_one, directories):
+            found.update(listing)
+    sizes = {}
+    for path in paths:
+        size = found.get(tuple(fs.split_path(path)[:2]) if s3 else path)
+        if size is not None:
+            sizes[path] = size
+    return sizes
+
+
+def _directory(fs: AbstractFileSystem, directory: str) -> dict[Any, int]:
+    """The objects directly in ``directory``, by path, with their sizes (any fsspec filesystem)."""
+    fs.invalidate_cache(directory)
+    try:
+        entries = fs.ls(directory, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {entry["name"]: int(entry["size"]) for entry in entries if entry.get("type") == "file"}
+
+
+def _s3_directory(fs: AbstractFileSystem, directory: str) -> dict[Any, int]:
+    """The objects directly under ``directory`` in S3, by (bucket, key), with their sizes.
+
+    ListObjectsV2 with a delimiter: s3fs's ``ls`` of a missing directory lists its parent too.
+    """
+    bucket, key, _ = fs.split_path(directory)
+    under = f"{key}/" if key else ""
+    found: dict[Any, int] = {}
+    token: dict[str, str] = {}
+    while True:
+        answer = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=under, Delimiter="/", **token)
+        for item in answer.get("Contents") or []:
+            found[(bucket, item["Key"])] = int(item["Size"])
+        if not answer.get("IsTruncated"):
+            return found
+        token = {"ContinuationToken": answer["NextContinuationToken"]}

@@ -7,7 +7,6 @@ import json
 import os
 from datetime import timedelta
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator, conf
@@ -438,12 +437,14 @@ class PacificaDownloadOperator(BaseOperator):
         self, cart_uid: str, extracted: Sequence[ExtractedFile], event_summary: dict[str, Any] | None
     ) -> dict[str, Any]:
         target = self.target
-        if isinstance(target, StoreDestination):
-            return self._store_manifest(target, cart_uid, extracted, event_summary)
-        destination = Path(target).absolute()
         files = [f.to_dict() for f in extracted]
+        if isinstance(target, StoreDestination):  # each file's URL, and the connection that opens it
+            files = [{**entry, "url": object_url(target.fs, f"{target.root}/{entry['path']}")} for entry in files]
+            where = {"destination": target.url, "conn_id": target.conn_id}
+        else:
+            where = {"destination": str(target.absolute())}
         manifest: dict[str, Any] = {
-            "destination": str(destination),
+            **where,
             "cart_uid": cart_uid,
             "file_count": len(extracted),
             "total_bytes": sum(f.size for f in extracted),
@@ -451,35 +452,18 @@ class PacificaDownloadOperator(BaseOperator):
             "event": event_summary,
         }
         self._published = (dict(manifest), files)
-        if len(extracted) > self.manifest_max_files:  # XComs live in Airflow's database: keep them small
-            path = destination / f".pacifica-files-{_original_uid(cart_uid)}.json"
-            partial = path.with_name(path.name + ".partial")
-            partial.write_text(json.dumps(manifest.pop("files")))
-            os.replace(partial, path)  # whole or not at all
-            manifest["files_path"] = str(path)
-        return manifest
-
-    def _store_manifest(
-        self,
-        target: StoreDestination,
-        cart_uid: str,
-        extracted: Sequence[ExtractedFile],
-        event_summary: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        files = [{**f.to_dict(), "url": object_url(target.fs, f"{target.root}/{f.path}")} for f in extracted]
-        manifest: dict[str, Any] = {
-            "destination": target.url,
-            "conn_id": target.conn_id,
-            "cart_uid": cart_uid,
-            "file_count": len(extracted),
-            "total_bytes": sum(f.size for f in extracted),
-            "files": files,
-            "event": event_summary,
-        }
-        self._published = (dict(manifest), files)
-        if len(extracted) > self.manifest_max_files:  # the manifest object already lists them all
-            del manifest["files"]
+        if len(extracted) <= self.manifest_max_files:
+            return manifest
+        # XComs live in Airflow's database: keep them small
+        del manifest["files"]
+        if isinstance(target, StoreDestination):  # the manifest object already lists them all
             manifest["files_url"] = object_url(target.fs, manifest_path(target.root, _original_uid(cart_uid)))
+            return manifest
+        path = target.absolute() / f".pacifica-files-{_original_uid(cart_uid)}.json"
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(files))
+        os.replace(partial, path)  # whole or not at all
+        manifest["files_path"] = str(path)
         return manifest
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from airflow_provider_pacifica.cloudevents import CartFile
 from airflow_provider_pacifica.exceptions import StreamError, UnsafeMemberError, VerificationError
-from airflow_provider_pacifica.objectstore import PART_SIZE, download_to_store, manifest_path, staging_path
+from airflow_provider_pacifica.objectstore import PART_SIZE, download_to_store, staging_path
 from tests.integration.test_hook_cartd import load
 from tests.tars import build_tar, cart_files, hostile_tars
 
@@ -97,6 +97,29 @@ def test_a_killed_attempts_staging_and_multipart_upload_are_removed_by_the_next(
     assert s3_stack.multipart_uploads(prefix) == []
 
 
+def test_a_bare_bucket_destination_aborts_a_killed_attempts_uploads_and_finds_its_files_again(
+    s3_stack, s3_connection, prefix
+):
+    from airflow_provider_pacifica.objectstore import verify_published_objects
+
+    client, bucket = s3_stack.client(), f"bare-{prefix}"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="someone/else.txt", Body=b"not ours")
+    client.create_multipart_upload(Bucket=bucket, Key="a/b.txt")  # a killed attempt's, to a key of the cart
+    other = client.create_multipart_upload(Bucket=bucket, Key="someone/else.bin")["UploadId"]
+    destination = store_path(f"s3://{bucket}")
+
+    download_to_store(io.BytesIO(build_tar()), cart_files(), destination.fs, destination.path, "data", cart_key="c")
+
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads") or []
+    assert [upload["UploadId"] for upload in uploads] == [other]
+    assert client.get_object(Bucket=bucket, Key="a/b.txt")["Body"].read() == b"hello pacifica\n"
+    present = verify_published_objects(destination.fs, destination.path, cart_files(), "c")
+    assert [f.path for f in present] == [f.path for f in cart_files()]
+    client.delete_object(Bucket=bucket, Key="a/b.txt")
+    assert verify_published_objects(destination.fs, destination.path, cart_files(), "c") is None
+
+
 def operator_for(files: list[CartFile], destination, **kwargs):
     from airflow_provider_pacifica.operators.download import PacificaDownloadOperator
 
@@ -161,10 +184,6 @@ def test_relative_paths_and_url_strings_fail_the_task_at_once(cartd_stack, hook,
     files = [CartFile("1", "a.txt", "sha1", "0" * 40, 1)]
     with pytest.raises(AirflowFailException, match=f"destination '{destination}' is a {named}"):
         operator_for(files, destination).execute(context_for("manual__refused"))
-
-
-def test_manifest_names_are_the_original_cart_uid(s3_stack):
-    assert manifest_path("bucket/p", "abc-r1") == "bucket/p/.pacifica-manifest-abc-r1.json"
 
 
 def test_the_example_dag_downloads_to_the_configured_s3_root_and_summarizes_from_it(

@@ -441,6 +441,46 @@ def test_without_deferral_a_purged_cart_is_staged_once_more(http_server, cartd_c
     assert (tmp_path / "dest" / "a" / "b.txt").read_bytes() == CONTENTS["a/b.txt"]
 
 
+def test_a_re_created_carts_download_is_committed_under_the_original_uid_and_found_by_a_retry(http_server, cartd_conn):
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from airflow_provider_pacifica.storage import StoreDestination
+
+    cartd_conn()
+    staged = set()
+
+    def handler(request):  # the first cart is purged; its re-created twin (uid + "-r1") gets ready
+        uid = request.path.lstrip("/")
+        if request.method == "HEAD":
+            return cartd_head("ready") if uid in staged and uid.endswith("-r1") else cartd_head("missing", "purged")
+        if request.method == "POST":
+            staged.add(uid)
+            return Reply(201)
+        if request.method == "GET":
+            return Reply(200, {}, [build_tar()], chunked=True)
+        return Reply(200)
+
+    http_server.handler = handler
+    fs = MemoryFileSystem()
+    destination = StoreDestination(fs, "/operator-r1/dest", None)
+    files = [f.to_dict() for f in cart_files()]
+    try:
+        manifest = PacificaDownloadOperator(
+            task_id="d", destination=destination, files=files, poll_interval=0.01, manifest_max_files=0
+        ).execute(make_context())
+        assert manifest["cart_uid"].endswith("-r1")
+        original = manifest["cart_uid"].removesuffix("-r1")
+        # the commit marker is named after the uid every attempt derives, not the twin's
+        assert manifest["files_url"] == f"memory:///operator-r1/dest/.pacifica-manifest-{original}.json"
+        assert json.loads(fs.cat_file(manifest["files_url"]))["cart"] == original
+        http_server.requests.clear()
+        again = PacificaDownloadOperator(task_id="d", destination=destination, files=files).execute(make_context())
+        assert [r.method for r in http_server.requests] == ["DELETE", "DELETE"]  # found: no HEAD, POST, GET
+        assert again["file_count"] == len(files)
+    finally:
+        fs.rm("/operator-r1", recursive=True)
+
+
 def test_a_cart_that_fails_between_ready_and_download_fails_the_task_at_once(http_server, cartd_conn, tmp_path):
     cartd_conn()
     heads = []
