@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the tests' Airflow launcher
 
 from airflow_provider_pacifica.notifications import NotificationsClient  # noqa: E402
-from tests.integration.airflow_stack import AirflowStack, start_airflow  # noqa: E402
+from tests.integration.airflow_stack import AirflowStack, start_airflow, wait  # noqa: E402
 
 PACIFICA_STACK = REPO / "scripts" / "pacifica-stack"
 DAG_ID = "pacifica_cloudevent_download"
@@ -214,7 +214,7 @@ def measure_uploads(
         run = wait(lambda event_id=event_id: run_of(airflow, event_id), 120, f"a run for {event_id}", poll=0.05)
         queued = time.monotonic() - began
         path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}"
-        state = wait(lambda path=path: end_state(airflow, path), 600, "the run")
+        state = wait(lambda path=path: end_state(airflow, path), 600, "the run", poll=0.2)
         done = time.monotonic() - began
         if state != "success":
             raise RuntimeError(f"run {run['dag_run_id']} {state}:\n{airflow.log_tail()}")
@@ -266,15 +266,6 @@ def end_state(airflow: AirflowStack, run_path: str) -> str | None:
 def run_of(airflow: AirflowStack, event_id: str) -> dict | None:
     runs = airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns", limit=100, order_by="-run_after")["dag_runs"]
     return next((run for run in runs if run.get("partition_key") == event_id), None)
-
-
-def wait(check, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(poll)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def report(intake: dict[str, Any]) -> str:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))  # the tests' Airflow launcher and counting proxy
 
 from airflow_provider_pacifica.triggers.ingest import PacificaIngestEventTrigger  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
-from tests.integration.airflow_stack import AirflowStack, start_airflow  # noqa: E402
+from tests.integration.airflow_stack import AirflowStack, start_airflow, wait  # noqa: E402
 
 PACIFICA_STACK = REPO / "scripts" / "pacifica-stack"
 WATCHER_DAG = "pacifica_ingest_watcher"
@@ -260,15 +260,6 @@ def run_after(airflow: AirflowStack, recorded: float) -> dict | None:
 
 def parse(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def wait(check, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(poll)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def report(watcher: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -181,3 +182,33 @@ def wait_until_healthy(stack: AirflowStack, timeout: float) -> None:
             last = str(err)
         time.sleep(0.5)
     raise RuntimeError(f"Airflow was not healthy after {timeout:.0f}s ({last}):\n{stack.log_tail()}")
+
+
+def wait(check, timeout: float, what: str, poll: float = 0.5):
+    """``check()``'s first truthy result, polled every ``poll`` s; ``RuntimeError`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(poll)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def pacifica_env(stack, home: Path, webhook_login: str, webhook_password: str) -> dict[str, str]:
+    """The environment of an Airflow on the whole real Pacifica ``stack`` (tests/integration/conftest.py's
+    ``pacifica_stack``): its metadata and Cartd connections, the webhook's credentials, downloads
+    under ``home/downloads``."""
+    cartd = urlsplit(stack.env["CARTD_URL"])
+    metadata = urlsplit(stack.metadata_url)
+    return {
+        "AIRFLOW_CONN_PACIFICA_METADATA_DEFAULT": json.dumps(
+            {"conn_type": "pacifica_metadata", "host": metadata.hostname, "port": metadata.port}
+        ),
+        "AIRFLOW_CONN_PACIFICA_CARTD_DEFAULT": json.dumps(
+            {"conn_type": "pacifica_cartd", "host": cartd.hostname, "port": cartd.port}
+        ),
+        "AIRFLOW_CONN_PACIFICA_WEBHOOK_DEFAULT": json.dumps(
+            {"conn_type": "generic", "login": webhook_login, "password": webhook_password}
+        ),
+        "PACIFICA_DOWNLOAD_ROOT": str(home / "downloads"),
+    }

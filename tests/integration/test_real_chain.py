@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from urllib.parse import urlsplit
 
 import pytest
 
 from airflow_provider_pacifica.destinations import safe_name
 from airflow_provider_pacifica.notifications import NotificationsClient, main
-from tests.integration.airflow_stack import start_airflow
+from tests.integration.airflow_stack import pacifica_env, start_airflow
 from tests.integration.test_airflow_e2e import wait_for
 from tests.integration.test_pacifica_stack import make_tree
 
@@ -31,23 +30,7 @@ WEBHOOK_PASSWORD = "real-chain-pw-7f3a9c"  # must never appear in a log
 def chain(pacifica_stack, tmp_path_factory):
     """Airflow on the stack's Cartd, and a Notifications subscription of its webhook."""
     home = tmp_path_factory.mktemp("airflow-real-chain")
-    cartd = urlsplit(pacifica_stack.env["CARTD_URL"])
-    metadata = urlsplit(pacifica_stack.metadata_url)
-    airflow = start_airflow(
-        home,
-        {
-            "AIRFLOW_CONN_PACIFICA_METADATA_DEFAULT": json.dumps(
-                {"conn_type": "pacifica_metadata", "host": metadata.hostname, "port": metadata.port}
-            ),
-            "AIRFLOW_CONN_PACIFICA_CARTD_DEFAULT": json.dumps(
-                {"conn_type": "pacifica_cartd", "host": cartd.hostname, "port": cartd.port}
-            ),
-            "AIRFLOW_CONN_PACIFICA_WEBHOOK_DEFAULT": json.dumps(
-                {"conn_type": "generic", "login": WEBHOOK_LOGIN, "password": WEBHOOK_PASSWORD}
-            ),
-            "PACIFICA_DOWNLOAD_ROOT": str(home / "downloads"),
-        },
-    )
+    airflow = start_airflow(home, pacifica_env(pacifica_stack, home, WEBHOOK_LOGIN, WEBHOOK_PASSWORD))
     notifications = NotificationsClient(pacifica_stack.notifications_url, pacifica_stack.env["PACIFICA_USER"])
     match = None
     try:

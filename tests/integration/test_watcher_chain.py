@@ -8,15 +8,13 @@ whatever stopped meanwhile (the triggerer, metadata) and whichever intakes are o
 
 from __future__ import annotations
 
-import json
 import time
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from airflow_provider_pacifica.notifications import NotificationsClient
-from tests.integration.airflow_stack import start_airflow
+from tests.integration.airflow_stack import pacifica_env, start_airflow
 from tests.integration.test_airflow_e2e import wait_for
 from tests.integration.test_pacifica_stack import make_tree
 
@@ -33,21 +31,10 @@ POLL = 3  # seconds between the watcher's polls
 def airflow(pacifica_stack, tmp_path_factory):
     """Airflow on the stack's metadata and Cartd, the watcher DAG unpaused and polling."""
     home = tmp_path_factory.mktemp("airflow-watcher-chain")
-    cartd = urlsplit(pacifica_stack.env["CARTD_URL"])
-    metadata = urlsplit(pacifica_stack.metadata_url)
     stack = start_airflow(
         home,
         {
-            "AIRFLOW_CONN_PACIFICA_METADATA_DEFAULT": json.dumps(
-                {"conn_type": "pacifica_metadata", "host": metadata.hostname, "port": metadata.port}
-            ),
-            "AIRFLOW_CONN_PACIFICA_CARTD_DEFAULT": json.dumps(
-                {"conn_type": "pacifica_cartd", "host": cartd.hostname, "port": cartd.port}
-            ),
-            "AIRFLOW_CONN_PACIFICA_WEBHOOK_DEFAULT": json.dumps(
-                {"conn_type": "generic", "login": WEBHOOK_LOGIN, "password": WEBHOOK_PASSWORD}
-            ),
-            "PACIFICA_DOWNLOAD_ROOT": str(home / "downloads"),
+            **pacifica_env(pacifica_stack, home, WEBHOOK_LOGIN, WEBHOOK_PASSWORD),
             "PACIFICA_WATCHER_POLL_INTERVAL": str(POLL),
         },
     )
