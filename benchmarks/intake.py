@@ -203,14 +203,8 @@ def measure_uploads(
         (root / "readme.txt").write_text(f"upload {index}\n")
         (root / "sub" / "data.bin").write_bytes(bytes(range(256)) * 4096 * 4)  # 4 MiB
         began = time.monotonic()
-        upload = subprocess.run(
-            [sys.executable, str(PACIFICA_STACK), "upload", "--workdir", str(stack_dir), str(root)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        event_id = f"metadata.ingest.{upload(stack_dir, root)}"
         ingested = time.monotonic() - began
-        event_id = f"metadata.ingest.{int(upload.stdout.strip())}"
         run = wait(lambda event_id=event_id: run_of(airflow, event_id), 120, f"a run for {event_id}", poll=0.05)
         queued = time.monotonic() - began
         path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}"
@@ -261,6 +255,17 @@ def cart_staging_seconds(airflow: AirflowStack, run_id: str) -> float:
 def end_state(airflow: AirflowStack, run_path: str) -> str | None:
     state = airflow.get(run_path)["state"]
     return state if state in ("success", "failed") else None
+
+
+def upload(stack_dir: Path, source: Path) -> int:
+    """Upload ``source`` through the real ingest (``scripts/pacifica-stack upload``); its transaction id."""
+    done = subprocess.run(
+        [sys.executable, str(PACIFICA_STACK), "upload", "--workdir", str(stack_dir), str(source)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.strip())
 
 
 def run_of(airflow: AirflowStack, event_id: str) -> dict | None:

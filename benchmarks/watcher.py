@@ -46,6 +46,8 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the tests' Airflow launcher and counting proxy
 
+from intake import upload  # noqa: E402  # benchmarks/intake.py, beside this file
+
 from airflow_provider_pacifica.triggers.ingest import PacificaIngestEventTrigger  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
 from tests.integration.airflow_stack import AirflowStack, start_airflow, wait  # noqa: E402
@@ -156,14 +158,8 @@ def measure_latency(airflow: AirflowStack, stack_dir: Path, sources: Path, count
         # was queued (just after a poll), every upload would wait nearly a whole interval.
         time.sleep(pacing.uniform(0, POLL_INTERVAL))
         began = time.time()
-        upload = subprocess.run(
-            [sys.executable, str(PACIFICA_STACK), "upload", "--workdir", str(stack_dir), str(root)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        event_id = f"metadata.ingest.{upload(stack_dir, root)}"
         ingested = time.time() - began
-        event_id = f"metadata.ingest.{int(upload.stdout.strip())}"
         event = wait(lambda e=event_id: event_of(airflow, asset, e), 180, f"the event of {event_id}", poll=0.2)
         recorded = parse(event["timestamp"])
         run = wait(lambda r=recorded: run_after(airflow, r), 120, f"the run of {event_id}", poll=0.2)
